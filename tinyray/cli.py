@@ -59,9 +59,81 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# Later stages add their subcommands here (data, storage, train, sweep, report); each is a
-# function taking the subparsers object.
-_REGISTRARS: list = []
+def _cmd_data_sample(args) -> int:
+    from tinyray.data.sample import SampleSpec, write_sample
+
+    spec = SampleSpec(classes=args.classes, train_per_class=args.train_per_class,
+                      val_per_class=args.val_per_class, seed=args.seed)
+    top = write_sample(args.dir, spec)
+    print(f"wrote a sample release ({spec.classes} classes, {spec.classes * spec.train_per_class} train, "
+          f"{spec.classes * spec.val_per_class} val images) to {top}")
+    return 0
+
+
+def _cmd_data_stage(args) -> int:
+    from tinyray.data.stage import StageConfig, stage_dataset
+    from tinyray.data.storage import StorageOptions
+
+    cfg = StageConfig(args.src, args.dest, rows_per_shard=args.rows_per_shard,
+                      skip_bad_labels=args.skip_bad_labels, progress=not args.quiet)
+    manifest = stage_dataset(cfg, StorageOptions.from_env(args.endpoint_url))
+    for item in manifest["skipped"]:
+        print(f"skipped {item['file']}: {item['reason']}", file=sys.stderr)
+    return 0
+
+
+def _cmd_storage_serve(args) -> int:
+    import signal
+    import threading
+
+    from tinyray.data.storage import EmbeddedS3
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with EmbeddedS3(port=args.port, bucket=args.bucket) as s3:
+        print(f"S3-compatible endpoint: {s3.endpoint_url} (bucket {args.bucket!r}); export:")
+        for k, v in s3.env.items():
+            print(f"export {k}={v}")
+        print("Ctrl-C to stop.", flush=True)
+        try:
+            stop.wait()
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+
+def _register_data(sub) -> None:
+    data = sub.add_parser("data", help="make, stage and inspect datasets").add_subparsers(
+        dest="data_command", metavar="DATA_COMMAND", required=True)
+
+    p = data.add_parser("stage", help="pack a Tiny ImageNet release into Parquet shards in object storage")
+    p.add_argument("src", metavar="SRC", help="release folder, tiny-imagenet-200.zip, or an http(s) URL of the zip")
+    p.add_argument("dest", metavar="DEST", help="s3://bucket/prefix or a local folder")
+    p.add_argument("--endpoint-url", help="S3-compatible endpoint (default: $AWS_ENDPOINT_URL, else AWS)")
+    p.add_argument("--rows-per-shard", type=int, default=2500, help="images per Parquet shard (default 2500)")
+    p.add_argument("--skip-bad-labels", action="store_true",
+                   help="skip (and list) val annotations naming a wnid not in wnids.txt instead of failing")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_data_stage)
+
+    p = data.add_parser("sample", help="write a small learnable dataset in the release layout")
+    p.add_argument("dir", metavar="DIR", help="writes DIR/tiny-imagenet-200/")
+    p.add_argument("--classes", type=int, default=10)
+    p.add_argument("--train-per-class", type=int, default=40)
+    p.add_argument("--val-per-class", type=int, default=10)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_data_sample)
+
+    storage = sub.add_parser("storage", help="the embedded S3-compatible endpoint").add_subparsers(
+        dest="storage_command", metavar="STORAGE_COMMAND", required=True)
+    p = storage.add_parser("serve", help="serve a local S3-compatible endpoint on 127.0.0.1 until Ctrl-C")
+    p.add_argument("--port", type=int, default=9000)
+    p.add_argument("--bucket", default="tinyray", help="bucket to create (default tinyray)")
+    p.set_defaults(func=_cmd_storage_serve)
+
+
+# Each stage adds its subcommands through a function taking the subparsers object.
+_REGISTRARS: list = [_register_data]
 
 
 def main(argv: list[str] | None = None) -> int:

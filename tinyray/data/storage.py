@@ -1,0 +1,268 @@
+"""Object storage: URIs, S3-compatible endpoints, the embedded endpoint, and clear errors.
+
+tinyray reaches every store the same way: a URI (``s3://bucket/prefix`` or a local folder) plus
+an endpoint URL and credentials taken from the standard AWS variables (``AWS_ENDPOINT_URL``,
+``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_REGION``) or flags. AWS S3, MinIO, Ceph,
+R2 and the embedded endpoint (``EmbeddedS3``, for laptops and tests) take the same code path;
+nothing here special-cases the embedded one.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+from dataclasses import dataclass, field
+from urllib.parse import urlparse
+
+from tinyray.errors import TinyrayError
+
+# Variables that carry storage settings to Ray workers (through the runtime environment).
+_ENV_KEYS = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION")
+DEFAULT_REGION = "us-east-1"
+
+
+@dataclass(frozen=True)
+class StorageOptions:
+    """Where the S3-compatible store is and how to sign in. ``repr`` never shows secrets."""
+
+    endpoint_url: str | None = None
+    access_key: str | None = field(default=None, repr=False)
+    secret_key: str | None = field(default=None, repr=False)
+    region: str = DEFAULT_REGION
+
+    @classmethod
+    def from_env(cls, endpoint_url: str | None = None, env=None) -> "StorageOptions":
+        """Settings from the AWS variables; an explicit ``endpoint_url`` (a flag) wins."""
+        env = os.environ if env is None else env
+        opts = cls(
+            endpoint_url=endpoint_url or env.get("AWS_ENDPOINT_URL") or None,
+            access_key=env.get("AWS_ACCESS_KEY_ID") or None,
+            secret_key=env.get("AWS_SECRET_ACCESS_KEY") or None,
+            region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or DEFAULT_REGION,
+        )
+        if opts.endpoint_url:
+            parsed = urlparse(opts.endpoint_url)
+            if parsed.scheme not in ("http", "https") or not parsed.netloc:
+                raise TinyrayError(
+                    f"endpoint URL {opts.endpoint_url!r} must look like http://host:port or https://host"
+                )
+        return opts
+
+    def to_env(self) -> dict[str, str]:
+        """The variables a Ray worker needs to reach the same store (for runtime_env)."""
+        values = (self.endpoint_url, self.access_key, self.secret_key, self.region)
+        return {k: v for k, v in zip(_ENV_KEYS, values) if v}
+
+    def describe(self) -> str:
+        """The endpoint for messages and reports: never the credentials."""
+        return self.endpoint_url or "AWS S3 (default endpoint)"
+
+
+# --------------------------------------------------------------------------------------- URIs
+
+
+def is_s3(uri: str) -> bool:
+    return uri.startswith("s3://")
+
+
+def split_s3(uri: str) -> tuple[str, str]:
+    """``s3://bucket/a/b`` → (``bucket``, ``a/b``)."""
+    parsed = urlparse(uri)
+    if parsed.scheme != "s3" or not parsed.netloc:
+        raise TinyrayError(f"{uri!r} is not an s3://bucket/prefix URI")
+    return parsed.netloc, parsed.path.strip("/")
+
+
+def join(uri: str, *parts: str) -> str:
+    """Join path parts onto a URI or local path with '/'."""
+    out = uri.rstrip("/")
+    for p in parts:
+        out += "/" + p.strip("/")
+    return out
+
+
+def filesystem(uri: str, opts: StorageOptions):
+    """A pyarrow filesystem and the path inside it for ``uri`` (``s3://…`` or a local path)."""
+    import pyarrow.fs as pafs
+
+    if not is_s3(uri):
+        if "://" in uri and not uri.startswith("file://"):
+            raise TinyrayError(f"{uri!r}: storage must be s3://bucket/prefix or a local folder")
+        path = os.path.abspath(uri.removeprefix("file://"))
+        return pafs.LocalFileSystem(), path
+    bucket, key = split_s3(uri)
+    kwargs = {"region": opts.region}
+    if opts.endpoint_url:
+        parsed = urlparse(opts.endpoint_url)
+        kwargs.update(endpoint_override=parsed.netloc, scheme=parsed.scheme)
+    if opts.access_key and opts.secret_key:
+        kwargs.update(access_key=opts.access_key, secret_key=opts.secret_key)
+    # Bounded retries: an endpoint that has gone away fails in seconds, not minutes.
+    kwargs["retry_strategy"] = pafs.AwsStandardS3RetryStrategy(max_attempts=4)
+    kwargs["connect_timeout"] = 5
+    kwargs["request_timeout"] = 60
+    return pafs.S3FileSystem(**kwargs), f"{bucket}/{key}".rstrip("/")
+
+
+def s3_client(opts: StorageOptions, attempts: int = 3):
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client(
+        "s3",
+        endpoint_url=opts.endpoint_url,
+        aws_access_key_id=opts.access_key,
+        aws_secret_access_key=opts.secret_key,
+        region_name=opts.region,
+        config=Config(connect_timeout=5, read_timeout=60,
+                      retries={"max_attempts": attempts, "mode": "standard"}),
+    )
+
+
+def explain_s3_error(e: BaseException, uri: str, opts: StorageOptions) -> TinyrayError:
+    """Turn a boto3/pyarrow failure into one line that says what the user can do about it."""
+    from botocore.exceptions import (ClientError, EndpointConnectionError, NoCredentialsError,
+                                     ConnectTimeoutError)
+
+    where = opts.describe()
+    if isinstance(e, (EndpointConnectionError, ConnectTimeoutError)):
+        return TinyrayError(f"cannot reach the object store at {where}; check --endpoint-url / AWS_ENDPOINT_URL")
+    if isinstance(e, NoCredentialsError):
+        return TinyrayError(f"no credentials for {where}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
+    if isinstance(e, ClientError):
+        code = str(e.response.get("Error", {}).get("Code", ""))
+        bucket = split_s3(uri)[0] if is_s3(uri) else uri
+        if code in ("NoSuchBucket", "404"):
+            return TinyrayError(f"bucket {bucket!r} does not exist at {where}")
+        if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403",
+                    "InvalidToken", "ExpiredToken"):
+            return TinyrayError(f"the object store at {where} refused the credentials for {uri} ({code})")
+        return TinyrayError(f"object store error at {where} for {uri}: {code}")
+    text = str(e).splitlines()[0] if str(e) else type(e).__name__
+    if "NETWORK_CONNECTION" in text or "Couldn't connect" in text or "curlCode: 7" in text:
+        return TinyrayError(f"cannot reach the object store at {where}; check --endpoint-url / AWS_ENDPOINT_URL")
+    if "NoSuchBucket" in text or "does not exist" in text and "bucket" in text.lower():
+        return TinyrayError(f"bucket for {uri} does not exist at {where}")
+    if "AccessDenied" in text or "InvalidAccessKeyId" in text or "SignatureDoesNotMatch" in text:
+        return TinyrayError(f"the object store at {where} refused the credentials for {uri}")
+    return TinyrayError(f"storage error for {uri} at {where}: {text}")
+
+
+def check_writable(uri: str, opts: StorageOptions) -> None:
+    """Fail early, with one clear line, when an s3:// destination cannot be used."""
+    if not is_s3(uri):
+        return
+    bucket, _ = split_s3(uri)
+    try:
+        s3_client(opts, attempts=2).head_bucket(Bucket=bucket)
+    except Exception as e:  # noqa: BLE001 - every failure becomes one explained line
+        raise explain_s3_error(e, uri, opts) from None
+
+
+def read_bytes(uri: str, opts: StorageOptions) -> bytes:
+    fs, path = filesystem(uri, opts)
+    try:
+        with fs.open_input_stream(path) as f:
+            return f.read()
+    except FileNotFoundError:
+        raise
+    except OSError as e:
+        if "Path does not exist" in str(e) or "NoSuchKey" in str(e) or "not found" in str(e).lower():
+            raise FileNotFoundError(uri) from None
+        raise explain_s3_error(e, uri, opts) from None
+
+
+def write_bytes(uri: str, data: bytes, opts: StorageOptions) -> None:
+    fs, path = filesystem(uri, opts)
+    try:
+        if not is_s3(uri):
+            fs.create_dir(os.path.dirname(path), recursive=True)
+        with fs.open_output_stream(path) as f:
+            f.write(data)
+    except OSError as e:
+        raise explain_s3_error(e, uri, opts) from None
+
+
+def fetch_to_cache(uri: str, opts: StorageOptions | None = None) -> str:
+    """Download an ``s3://`` object once into ~/.cache/tinyray and return the local path (Keras
+    loads weights from a local file only)."""
+    opts = opts or StorageOptions.from_env()
+    digest = hashlib.sha256(f"{opts.endpoint_url}|{uri}".encode()).hexdigest()[:16]
+    cache = os.path.join(os.path.expanduser("~/.cache/tinyray"), digest)
+    local = os.path.join(cache, os.path.basename(uri.rstrip("/")) or "object")
+    if not os.path.exists(local):
+        try:
+            data = read_bytes(uri, opts)
+        except FileNotFoundError:
+            raise TinyrayError(f"{uri} does not exist at {opts.describe()}") from None
+        os.makedirs(cache, exist_ok=True)
+        tmp = local + ".part"
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, local)
+    return local
+
+
+# ----------------------------------------------------------------------- the embedded endpoint
+
+
+class EmbeddedS3:
+    """A local S3-compatible endpoint (moto's server speaking the S3 REST API over real HTTP on
+    127.0.0.1), for a laptop and for tests. Use as a context manager::
+
+        with EmbeddedS3(bucket="tinyray") as s3:
+            opts = s3.options          # endpoint URL + credentials
+            os.environ.update(s3.env)  # or export them for other processes
+
+    Credentials are fixed, local-only values: the embedded store accepts any.
+    """
+
+    ACCESS_KEY = "tinyray-local"
+    SECRET_KEY = "tinyray-local-secret"
+
+    def __init__(self, port: int = 0, bucket: str | None = "tinyray"):
+        self.port = port
+        self.bucket = bucket
+        self._server = None
+
+    def start(self) -> "EmbeddedS3":
+        import logging
+
+        from moto.server import ThreadedMotoServer
+
+        # werkzeug logs every request to stderr; the store's users want their own output.
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)
+
+        if self.port:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", self.port)) == 0:
+                    raise TinyrayError(f"port {self.port} on 127.0.0.1 is already in use")
+        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
+        self._server.start()
+        self.port = self._server.get_host_and_port()[1]
+        if self.bucket:
+            s3_client(self.options).create_bucket(Bucket=self.bucket)
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
+
+    @property
+    def endpoint_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def options(self) -> StorageOptions:
+        return StorageOptions(self.endpoint_url, self.ACCESS_KEY, self.SECRET_KEY, DEFAULT_REGION)
+
+    @property
+    def env(self) -> dict[str, str]:
+        return self.options.to_env()
+
+    def __enter__(self) -> "EmbeddedS3":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
