@@ -51,6 +51,11 @@ def test_num_classes_and_input_shape_follow_the_arguments(name):
     assert out.shape == (2, 7)
 
 
+@pytest.mark.parametrize("name", list(REGISTRY))
+def test_params_for_other_class_counts_is_exact(name):
+    assert REGISTRY[name].params_for(7) == create_model(name, num_classes=7).count_params()
+
+
 def test_unknown_model_lists_the_valid_names():
     with pytest.raises(TinyrayError, match=r"unknown model 'model9'.*model1.*resnet18"):
         create_model("model9")

@@ -41,6 +41,11 @@ class ModelSpec:
     build: Callable[..., object]
     seed: SeedResult | None = None
     has_base: bool = False  # takes weights= and freeze_base= (transfer-learning models)
+    head_inputs: int = 1024  # width of the layer feeding the softmax (for params_for)
+
+    def params_for(self, num_classes: int) -> int:
+        """Exact parameter count for another number of classes: only the output Dense changes."""
+        return self.params - (NUM_CLASSES - num_classes) * (self.head_inputs + 1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -176,6 +181,18 @@ def _build_resnet18(keras, inputs, num_classes, **_):
     return _output(keras, x, num_classes)
 
 
+def _build_tinycnn(keras, inputs, num_classes, **_):
+    """Three small convs and global average pooling: for smoke runs and tests, where the
+    seed's 13M-45M-parameter models would spend their time in all-reduce on 2 CPUs."""
+    x = inputs
+    for filters in (16, 32):
+        x = keras.layers.Conv2D(filters, 3, padding="same", activation="relu")(x)
+        x = keras.layers.MaxPooling2D(2)(x)
+    x = keras.layers.Conv2D(64, 3, padding="same", activation="relu")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    return _output(keras, x, num_classes)
+
+
 REGISTRY: dict[str, ModelSpec] = {
     spec.name: spec
     for spec in (
@@ -195,7 +212,9 @@ REGISTRY: dict[str, ModelSpec] = {
                   _resnet_head_builder("ResNet101", "resnet101_weights_tf_dims_ordering_tf_kernels_notop.h5"),
                   SeedResult(87.94, 55.12, 44_961_352, 3600 + 31 * 60 + 3.4), has_base=True),
         ModelSpec("resnet18", "ResNet-18 for 64x64 (3x3 stem, no pool), from scratch",
-                  11_281_032, _build_resnet18),
+                  11_281_032, _build_resnet18, head_inputs=512),
+        ModelSpec("tinycnn", "3 small convs + global average pool (smoke runs, tests)", 36_584,
+                  _build_tinycnn, head_inputs=64),
     )
 }
 SEED_MODELS = tuple(name for name, spec in REGISTRY.items() if spec.seed is not None)

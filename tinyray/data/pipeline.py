@@ -177,25 +177,31 @@ def _options(ds):
 
 
 def memory_train_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int, seed: int,
-                         first_epoch: int = 0, flip: bool = True):
+                         first_epoch: int = 0, flip: bool = True, group: int = 16):
     """An endless tf.data dataset of shuffled, augmented batches from decoded arrays.
 
-    Batches come from a Python generator that indexes the arrays (a from_tensor_slices of
-    ~1 GB would be embedded in the graph and hit protobuf's 2 GB limit under tf.distribute).
+    A Python generator indexes the arrays (a from_tensor_slices of ~1 GB would be embedded in
+    the graph and hit protobuf's 2 GB limit under tf.distribute). It yields ``group`` batches
+    at a time, unbatched into single batches by tf.data, which cuts the per-batch Python
+    overhead (measured: 15.6k → 21k images/s for group 1 → 32).
     """
     from tinyray.tfk import tf
 
     def gen():
         epoch = first_epoch
         while True:
-            for idx in epoch_order(len(labels), batch_size, seed, epoch):
-                idx = np.sort(idx)  # sorted gathers are faster; order within a batch is irrelevant
-                yield images[idx], labels[idx]
+            order = epoch_order(len(labels), batch_size, seed, epoch)
+            for start in range(0, len(order), group):
+                idx = order[start:start + group]
+                k = len(idx)
+                flat = idx.ravel()
+                yield (images[flat].reshape(k, batch_size, IMAGE_SIZE, IMAGE_SIZE, 3),
+                       labels[flat].reshape(k, batch_size))
             epoch += 1
 
-    spec = (tf.TensorSpec((batch_size, IMAGE_SIZE, IMAGE_SIZE, 3), tf.uint8),
-            tf.TensorSpec((batch_size,), tf.int32))
-    ds = tf.data.Dataset.from_generator(gen, output_signature=spec)
+    spec = (tf.TensorSpec((None, batch_size, IMAGE_SIZE, IMAGE_SIZE, 3), tf.uint8),
+            tf.TensorSpec((None, batch_size), tf.int32))
+    ds = tf.data.Dataset.from_generator(gen, output_signature=spec).unbatch()
     ds = ds.map(_preprocess(flip), num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
     return _options(ds)
 

@@ -74,8 +74,8 @@ def split_s3(uri: str) -> tuple[str, str]:
 
 
 def join(uri: str, *parts: str) -> str:
-    """Join path parts onto a URI or local path with '/'."""
-    out = uri.rstrip("/")
+    """Join path parts onto a URI or local path with '/' (``~`` expands in local paths)."""
+    out = (uri if is_s3(uri) else os.path.expanduser(uri)).rstrip("/")
     for p in parts:
         out += "/" + p.strip("/")
     return out
@@ -88,7 +88,7 @@ def filesystem(uri: str, opts: StorageOptions):
     if not is_s3(uri):
         if "://" in uri and not uri.startswith("file://"):
             raise TinyrayError(f"{uri!r}: storage must be s3://bucket/prefix or a local folder")
-        path = os.path.abspath(uri.removeprefix("file://"))
+        path = os.path.abspath(os.path.expanduser(uri.removeprefix("file://")))
         return pafs.LocalFileSystem(), path
     bucket, key = split_s3(uri)
     kwargs = {"region": opts.region}

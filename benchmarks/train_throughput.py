@@ -1,0 +1,123 @@
+"""Training throughput: plain single-process tf_keras ``fit`` vs tinyray's Ray Train path.
+
+Same model (``--model``, default the seed's model2), same decoded images held in memory, same
+per-worker batch, same tf.data input function (``memory_train_dataset``), this machine's CPUs:
+
+  plain            one process, ``model.fit`` (TensorFlow uses every core)
+  ray_1x2          tinyray: 1 Ray Train worker × 2 CPUs (MultiWorkerMirroredStrategy)
+  ray_2x1          tinyray: 2 Ray Train workers × 1 CPU each (gradients all-reduced every step)
+
+Rates are images/s of training steps, the median over epochs 2..N (epoch 1 traces the graph);
+data loading and validation are excluded from every rate. Prints one JSON object.
+
+    python benchmarks/train_throughput.py [--model model2] [--images 2048] [--epochs 4]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+from tinyray.config import TrainConfig  # noqa: E402
+from tinyray.data import storage  # noqa: E402
+from tinyray.data.pipeline import memory_train_dataset  # noqa: E402
+from tinyray.data.sample import SampleSpec, write_sample  # noqa: E402
+from tinyray.data.stage import StageConfig, stage_dataset  # noqa: E402
+
+
+def plain_fit(model_name, images, labels, num_classes, batch, epochs):
+    from tinyray.models import create_model
+    from tinyray.tfk import keras
+
+    steps = len(labels) // batch
+    model = create_model(model_name, num_classes=num_classes)
+    model.compile(keras.optimizers.Adam(1e-4), "sparse_categorical_crossentropy", metrics=["accuracy"])
+
+    class Timer(keras.callbacks.Callback):
+        rates: list = []
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.t = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.rates.append(steps * batch / (time.perf_counter() - self.t))
+
+    timer = Timer()
+    model.fit(memory_train_dataset(images, labels, batch, seed=0), epochs=epochs, steps_per_epoch=steps,
+              callbacks=[timer], verbose=0)
+    return timer.rates
+
+
+def ray_fit(model_name, uri, opts, batch, epochs, workers, cpus, runs):
+    from tinyray.train import run_training
+
+    out = run_training(TrainConfig(model=model_name, data=uri, workers=workers, cpus_per_worker=cpus,
+                                   batch_size=batch, epochs=epochs, storage=runs,
+                                   name=f"bench-{workers}x{cpus:g}"), opts)
+    return [e["images_per_second"] for e in out.result["epochs"]]
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="model2")
+    parser.add_argument("--images", type=int, default=2048)
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--batch-size", type=int, default=64, help="per worker")
+    args = parser.parse_args(argv)
+
+    import numpy as np
+    import ray
+
+    from tinyray.data.pipeline import decode_jpegs
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    classes = 16
+    with tempfile.TemporaryDirectory() as tmp, storage.EmbeddedS3() as s3:
+        top = write_sample(tmp, SampleSpec(classes=classes, train_per_class=args.images // classes,
+                                           val_per_class=2, test_images=0))
+        uri = "s3://tinyray/throughput"
+        stage_dataset(StageConfig(top, uri, rows_per_shard=256, progress=False), s3.options)
+
+        # plain: the very same JPEGs, decoded into memory by the same function
+        import glob
+
+        paths = sorted(glob.glob(os.path.join(top, "train", "*", "images", "*.JPEG")))
+        wnids = sorted(os.listdir(os.path.join(top, "train")))
+        images = decode_jpegs([open(p, "rb").read() for p in paths])
+        labels = np.array([wnids.index(p.split(os.sep)[-3]) for p in paths], np.int32)
+        plain = plain_fit(args.model, images, labels, classes, args.batch_size, args.epochs)
+
+        # 3 logical CPUs: a 2-CPU worker plus room for Ray Data's fractional read tasks.
+        ray.init(address="local", num_cpus=3, runtime_env={"env_vars": {**s3.env, "TF_USE_LEGACY_KERAS": "1"}},
+                 log_to_driver=False)
+        try:
+            runs = os.path.join(tmp, "runs")
+            one_by_two = ray_fit(args.model, uri, s3.options, args.batch_size, args.epochs, 1, 2, runs)
+            two_by_one = ray_fit(args.model, uri, s3.options, args.batch_size, args.epochs, 2, 1, runs)
+        finally:
+            ray.shutdown()
+
+    def steady(rates):
+        return statistics.median(rates[1:]) if len(rates) > 1 else rates[0]
+
+    p, r12, r21 = steady(plain), steady(one_by_two), steady(two_by_one)
+    print(json.dumps({
+        "model": args.model, "images": len(labels), "per_worker_batch": args.batch_size,
+        "epochs": args.epochs, "cpus": os.cpu_count(),
+        "images_per_second": {"plain_fit": round(p, 1), "ray_1_worker_x_2_cpu": round(r12, 1),
+                              "ray_2_workers_x_1_cpu": round(r21, 1)},
+        "per_epoch": {"plain_fit": plain, "ray_1x2": one_by_two, "ray_2x1": two_by_one},
+        "ratio_ray_1x2_over_plain": round(r12 / p, 3),
+        "ratio_ray_2x1_over_ray_1x2": round(r21 / r12, 3),
+        "target": {"ray_1x2_over_plain": ">= 0.95"},
+    }, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,121 @@
+"""The Ray Data pipeline: pure helpers as tables, then real reads from the embedded store."""
+import numpy as np
+import pytest
+
+from tinyray.data.pipeline import (IngestConfig, decode_jpegs, epoch_order, eval_batches,
+                                   load_into_memory, memory_train_dataset, rank_of, read_split,
+                                   stream_train_dataset, steps_per_epoch)
+from tinyray.errors import TinyrayError
+
+from conftest import SAMPLE
+
+
+@pytest.mark.parametrize("count,batch,workers,steps", [
+    (100_000, 64, 1, 1562), (100_000, 64, 4, 390), (96, 8, 2, 6), (97, 8, 2, 6), (16, 8, 2, 1),
+])
+def test_steps_per_epoch(count, batch, workers, steps):
+    assert steps_per_epoch(count, batch, workers) == steps
+
+
+def test_less_than_a_batch_per_worker_is_a_clear_error():
+    with pytest.raises(TinyrayError, match="less than one batch of 64 per worker"):
+        steps_per_epoch(100, 64, 2)
+
+
+def test_epoch_order_is_a_seeded_permutation_of_full_batches():
+    a = epoch_order(10, 3, seed=1, epoch=0)
+    assert a.shape == (3, 3) and len(set(a.ravel())) == 9
+    assert np.array_equal(a, epoch_order(10, 3, seed=1, epoch=0))  # a resumed run sees the same
+    assert not np.array_equal(a, epoch_order(10, 3, seed=1, epoch=1))  # reshuffled every epoch
+
+
+def test_rank_of_splits_files_exactly_once():
+    files = [f"val_{i}.JPEG" for i in range(1000)]
+    for world in (1, 2, 3, 8):
+        ranks = [rank_of(f, world) for f in files]
+        assert set(ranks) <= set(range(world))
+        assert sum(ranks.count(r) for r in range(world)) == 1000
+    assert rank_of("val_7.JPEG", 4) == rank_of("val_7.JPEG", 4)
+
+
+def test_decode_makes_grayscale_three_channel(staged, s3):
+    import io
+
+    from PIL import Image
+
+    from tinyray.data.stage import normalise_image
+
+    gray = Image.new("L", (64, 64), 77)
+    buf = io.BytesIO()
+    gray.save(buf, format="JPEG")
+    out = decode_jpegs([buf.getvalue()])
+    assert out.shape == (1, 64, 64, 3) and out.dtype == np.uint8
+    assert (out[0, :, :, 0] == out[0, :, :, 1]).all() and (out[0, :, :, 1] == out[0, :, :, 2]).all()
+    assert normalise_image(buf.getvalue())[2] is True
+
+
+def test_memory_dataset_scales_flips_and_keeps_labels():
+    images = np.zeros((32, 64, 64, 3), np.uint8)
+    images[:, :, :32, :] = 255  # left half white: a flip moves it right
+    labels = np.arange(32, dtype=np.int32)
+    ds = memory_train_dataset(images, labels, batch_size=16, seed=0)
+    batches = list(ds.take(4))
+    assert len(batches) == 4
+    seen_flipped = seen_plain = 0
+    for x, y in batches:
+        x = x.numpy()
+        assert x.dtype == np.float32 and x.shape == (16, 64, 64, 3)
+        assert x.min() == 0.0 and x.max() == 1.0
+        left = x[:, :, :32, :].mean(axis=(1, 2, 3))
+        seen_flipped += int((left == 0).sum())
+        seen_plain += int((left == 1).sum())
+    assert seen_flipped + seen_plain == 64 and seen_flipped > 10 and seen_plain > 10
+    epoch0 = np.concatenate([y.numpy() for _, y in batches[:2]])
+    assert sorted(epoch0) == list(range(32))  # each epoch shows every image once
+
+
+def test_eval_batches_count_every_image_once_without_flips():
+    images = np.full((10, 64, 64, 3), 255, np.uint8)
+    out = list(eval_batches(images, np.arange(10), 4))
+    assert [len(y) for _, y in out] == [4, 4, 2]
+    assert all(x.max() == 1.0 and x.min() == 1.0 for x, _ in out)
+
+
+@pytest.mark.ray
+def test_read_decode_from_s3_through_ray_data(ray_cluster, staged, s3):
+    uri, manifest = staged
+    ingest = IngestConfig()
+    images, labels = load_into_memory(read_split(uri, "train", manifest, s3.options, ingest).iterator(), ingest)
+    assert images.shape == (manifest["train"]["count"], 64, 64, 3) and images.dtype == np.uint8
+    assert np.bincount(labels).tolist() == [SAMPLE.train_per_class] * SAMPLE.classes
+
+
+@pytest.mark.ray
+def test_val_rank_filter_counts_every_val_image_exactly_once(ray_cluster, staged, s3):
+    uri, manifest = staged
+    ingest = IngestConfig()
+    ds = read_split(uri, "val", manifest, s3.options, ingest, columns=("image", "label", "file"))
+    world = 3
+    parts = [load_into_memory(ds.iterator(), ingest, keep=lambda f, r=r: rank_of(f, world) == r)
+             for r in range(world)]
+    assert sum(len(l) for _, l in parts) == manifest["val"]["count"]
+    all_labels = np.concatenate([l for _, l in parts])
+    assert np.bincount(all_labels).tolist() == [SAMPLE.val_per_class] * SAMPLE.classes
+
+
+@pytest.mark.ray
+def test_stream_mode_decodes_in_ray_data_and_feeds_to_tf(ray_cluster, staged, s3):
+    uri, manifest = staged
+    ds = read_split(uri, "train", manifest, s3.options, IngestConfig(cache="stream"))
+    tfds = stream_train_dataset(ds.iterator(), batch_size=8, seed=0)
+    steps = manifest["train"]["count"] // 8
+    labels = []
+    for x, y in tfds.take(steps):
+        assert x.shape == (8, 64, 64, 3) and x.dtype.name == "float32"
+        labels.extend(y.numpy().tolist())
+    assert np.bincount(labels).tolist() == [SAMPLE.train_per_class] * SAMPLE.classes
+
+
+def test_unknown_cache_mode_is_refused():
+    with pytest.raises(TinyrayError, match="cache must be one of memory, stream"):
+        IngestConfig(cache="disk")

@@ -1,0 +1,98 @@
+"""The comparison report, from trial records (pure; no Ray)."""
+import csv
+import io
+import json
+
+import pytest
+
+from tinyray.report import (Trial, best_per_model, build_report, lr_grid, parse_trial, seed_table,
+                            trial_row, trial_status)
+
+
+def epochs(*vals, train_offset=0.1, seconds=2.0, ips=100.0):
+    return [{"epoch": i + 1, "train_loss": 1.0, "train_accuracy": v + train_offset, "val_loss": 1.0,
+             "val_accuracy": v, "val_top5_accuracy": min(1.0, v + 0.3), "epoch_seconds": seconds,
+             "images_per_second": ips} for i, v in enumerate(vals)]
+
+
+@pytest.mark.parametrize("history,planned,error,scheduler,status", [
+    (epochs(0.1, 0.2), 2, None, "fifo", "completed"),
+    (epochs(0.1), 2, None, "asha", "stopped early"),
+    (epochs(0.1), 2, None, "fifo", "incomplete"),
+    ([], 2, None, "asha", "incomplete"),
+    (epochs(0.1), 2, "OOM", "fifo", "failed"),
+])
+def test_trial_status(history, planned, error, scheduler, status):
+    assert trial_status(history, planned, error, scheduler) == status
+
+
+def test_parse_trial_keeps_each_epoch_once_from_tunes_result_lines():
+    params = {"trial": {"model": "model2", "optimizer": "adam", "lr": 1e-4}, "sweep": {"epochs": 3}}
+    lines = [json.dumps({**e, "training_iteration": e["epoch"], "config": params}) for e in epochs(0.1, 0.2)]
+    # a restarted trial re-reports epoch 2: the last report wins, no duplicate
+    lines.append(json.dumps({**epochs(0.1, 0.25)[1], "config": params}))
+    lines.append(json.dumps({**epochs(0.1, 0.25, 0.3)[2], "config": params}))
+    t = parse_trial("trial_00001", params, "\n".join(lines) + "\n", None, "fifo")
+    assert [e["epoch"] for e in t.history] == [1, 2, 3]
+    assert t.history[1]["val_accuracy"] == 0.25 and t.status == "completed"
+    assert "config" not in t.history[0]
+
+
+def test_parse_trial_keeps_the_last_line_of_the_error():
+    params = {"trial": {"model": "model5", "optimizer": "sgd", "lr": 1e-2}, "sweep": {"epochs": 3}}
+    t = parse_trial("t", params, "", "Traceback...\n  File x\nTinyrayError: out of memory\n", "fifo")
+    assert t.status == "failed" and t.error == "TinyrayError: out of memory"
+
+
+def make_trials():
+    return [
+        Trial("a", "model1", "adam", 1e-4, 3, epochs(0.2, 0.3, 0.35)),
+        Trial("b", "model1", "sgd", 1e-3, 3, epochs(0.1, 0.15, 0.2)),
+        Trial("c", "model2", "adam", 1e-4, 3, epochs(0.3, 0.5, 0.45)),
+        Trial("d", "model2", "sgd", 1e-3, 3, epochs(0.1), status="stopped early"),
+        Trial("e", "model5", "adam", 1e-4, 3, [], error="RuntimeError: boom", status="failed"),
+    ]
+
+
+def test_best_per_model_and_row():
+    best = best_per_model(make_trials())
+    assert {m: t.trial for m, t in best.items()} == {"model1": "a", "model2": "c"}
+    row = trial_row(best["model2"], 200)
+    assert row["best_epoch"] == 2 and row["val_accuracy"] == 0.5 and row["params"] == 13_070_472
+    assert row["gap"] == pytest.approx(0.1) and row["training_seconds"] == 6.0
+    assert trial_row(best["model2"], 10)["params"] == 13_070_472 - 190 * 1025
+
+
+def test_seed_table_puts_the_seeds_numbers_beside_ours():
+    header, rows = seed_table(make_trials(), 200)
+    by_model = {r[0]: dict(zip(header, r)) for r in rows}
+    assert list(by_model) == ["model1", "model2", "model5"]
+    assert by_model["model2"]["val top-1"] == "50.00 %" and by_model["model2"]["seed val acc"] == "25.40 %"
+    assert by_model["model1"]["seed parameters"] == "31,696,968" and by_model["model1"]["seed time"] == "9m12s"
+    assert by_model["model5"]["best variant"] == "no finished epoch"
+
+
+def test_lr_grid_marks_stopped_trials():
+    opts, lrs, cells = lr_grid(make_trials(), "model2")
+    assert opts == ["adam", "sgd"] and lrs == [1e-4, 1e-3]
+    assert cells[("sgd", 1e-3)] == (0.1, "stopped early")
+
+
+def test_build_report_writes_every_file_self_contained():
+    meta = {"sweep": {"name": "t", "scheduler": "asha", "epochs": 3, "batch_size": 16, "workers": 1},
+            "data": "s3://b/d", "dataset": {"classes": 200, "train": 100000, "val": 10000, "skipped": 0},
+            "cluster": {"nodes": 1, "resources": [{"CPU": 2.0, "memory": 1e9}], "max_concurrent_trials": 2},
+            "versions": {"ray": "2.60.0"}, "started": "now", "endpoint": "http://127.0.0.1:9"}
+    files = build_report(meta, make_trials())
+    assert {"report.md", "report.html", "results.csv", "results.json", "train_accuracy.png",
+            "val_accuracy.png"} <= set(files)
+    md = files["report.md"].decode()
+    assert "**model2** with adam at lr 0.0001" in md  # the best model overall
+    assert "RuntimeError: boom" in md and "stopped early" in md
+    html = files["report.html"].decode()
+    assert html.count("data:image/png;base64,") == 2 and 'src="http' not in html
+    rows = list(csv.DictReader(io.StringIO(files["results.csv"].decode())))
+    assert len(rows) == 5 and {r["status"] for r in rows} == {"completed", "stopped early", "failed"}
+    results = json.loads(files["results.json"])
+    assert results["best"]["model"] == "model2" and len(results["trials"][0]["history"]) == 3
+    assert files["train_accuracy.png"][:4] == b"\x89PNG"

@@ -1,0 +1,207 @@
+"""Training one model across workers: pure checks as tables, then real 2-worker runs of
+MultiWorkerMirroredStrategy on the session's Ray cluster with the sample data in the embedded
+store."""
+import json
+import os
+import subprocess
+import threading
+import time
+
+import numpy as np
+import psutil
+import pytest
+
+from tinyray.config import TrainConfig
+from tinyray.errors import TinyrayError
+from tinyray.train import check_fits, make_optimizer, thread_counts
+
+from conftest import SAMPLE
+
+
+def cfg(**kw):
+    return TrainConfig(**{"model": "tinycnn", "data": "s3://tinyray/staged-sample", **kw})
+
+
+@pytest.mark.parametrize("kw,message", [
+    ({"model": "vgg99"}, "unknown model 'vgg99'"),
+    ({"optimizer": "adagrad"}, "unknown optimizer 'adagrad'; valid: adam, rmsprop, sgd, nadam"),
+    ({"lr": 0}, "lr must be > 0"),
+    ({"lr": -1e-3}, "lr must be > 0"),
+    ({"epochs": 0}, "epochs must be at least 1"),
+    ({"workers": 0}, "workers must be at least 1"),
+    ({"precision": "bfloat8"}, "unknown precision"),
+    ({"name": "a/b"}, "may hold only"),
+])
+def test_bad_train_config_is_a_clear_error(kw, message):
+    with pytest.raises(TinyrayError, match=message):
+        cfg(**kw)
+
+
+def test_unknown_config_key_is_refused():
+    with pytest.raises(TinyrayError, match="unknown train field.*learning_rate"):
+        TrainConfig.from_dict({"model": "model2", "data": "x", "learning_rate": 1e-3})
+
+
+def test_defaults_are_the_seeds():
+    c = cfg()
+    assert (c.optimizer, c.lr, c.flip) == ("adam", 1e-4, True)
+    assert c.global_batch == 64 and cfg(workers=4).global_batch == 256
+    assert cfg().run_name == cfg().run_name == "tinycnn-adam-lr0.0001-b64x1-e10-s0"
+
+
+@pytest.mark.parametrize("kw,nodes,message", [
+    ({"workers": 2, "cpus_per_worker": 1}, [{"CPU": 2}], None),
+    ({"workers": 3, "cpus_per_worker": 1}, [{"CPU": 2}], "3 workers × 1 CPU = 3 CPU, more than the cluster"),
+    ({"workers": 1, "cpus_per_worker": 4}, [{"CPU": 2}, {"CPU": 2}], "one worker needs 4 CPU"),
+    ({"workers": 1, "gpus_per_worker": 1}, [{"CPU": 8}], "one worker needs 1 CPU and 1 GPU"),
+    ({"workers": 2, "gpus_per_worker": 1}, [{"CPU": 8, "GPU": 1}, {"CPU": 8, "GPU": 1}], None),
+    ({"workers": 4, "gpus_per_worker": 1}, [{"CPU": 8, "GPU": 4}], None),
+    ({"workers": 5, "gpus_per_worker": 1}, [{"CPU": 8, "GPU": 4}], "5 workers × 1 GPU"),
+])
+def test_check_fits(kw, nodes, message):
+    if message is None:
+        check_fits(cfg(**kw), nodes)
+    else:
+        with pytest.raises(TinyrayError, match=message):
+            check_fits(cfg(**kw), nodes)
+
+
+def test_an_autoscaler_node_type_counts_as_room():
+    check_fits(cfg(gpus_per_worker=1, workers=2), [{"CPU": 2}], max_nodes=[{"CPU": 4, "GPU": 1}] * 2)
+
+
+@pytest.mark.parametrize("cpus,threads", [(0.5, (1, 1)), (1, (1, 1)), (2, (2, 2)), (8, (8, 2))])
+def test_thread_counts_follow_the_cpu_allotment(cpus, threads):
+    assert thread_counts(cpus) == threads
+
+
+@pytest.mark.parametrize("name,cls", [("adam", "Adam"), ("rmsprop", "RMSprop"), ("sgd", "SGD"), ("nadam", "Nadam")])
+def test_make_optimizer(name, cls):
+    from tinyray.tfk import keras
+
+    opt = make_optimizer(keras, name, 3e-4)
+    assert type(opt).__name__ == cls and abs(float(opt.learning_rate) - 3e-4) < 1e-9
+
+
+def test_mixed_precision_keeps_the_output_float32():
+    from tinyray.models import create_model
+    from tinyray.tfk import keras
+
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model = create_model("tinycnn", num_classes=5)
+        assert model.layers[1].compute_dtype == "float16"
+        assert model.get_layer("probs").compute_dtype == "float32"
+        assert model(np.zeros((1, 64, 64, 3), np.float32)).dtype.name == "float32"
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+def test_cli_data_without_manifest_fails_before_ray(tmp_path):
+    out = subprocess.run(["tinyray", "train", "--model", "model2", "--data", str(tmp_path)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1 and out.stderr.strip().splitlines() == [
+        f"tinyray: error: {tmp_path} has no manifest.json: stage a dataset there first with "
+        f"'tinyray data stage SRC {tmp_path}'"]
+
+
+# ------------------------------------------------------------------- real runs on Ray (slow)
+
+
+def train(tmp_path, staged, s3, **kw):
+    from tinyray.train import run_training
+
+    uri, _ = staged
+    c = TrainConfig(model="tinycnn", data=uri, workers=2, batch_size=8, lr=3e-3, seed=0,
+                    storage=str(tmp_path / "runs"), **kw)
+    return run_training(c, s3.options)
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_two_workers_learn_the_sample_in_sync(ray_cluster, staged, s3, tmp_path):
+    out = train(tmp_path, staged, s3, epochs=6)
+    epochs = out.result["epochs"]
+    assert [e["epoch"] for e in epochs] == [1, 2, 3, 4, 5, 6]
+    history = json.load(open(os.path.join(out.run_dir, "result.json")))
+    assert history == json.loads(json.dumps(out.result))
+    # validation counted every val image exactly once, across both workers
+    assert all(e["val_count"] == SAMPLE.classes * SAMPLE.val_per_class for e in epochs)
+    # far above chance (1/4) on the learnable sample
+    assert epochs[-1]["val_accuracy"] >= 0.75, epochs
+    assert epochs[-1]["val_top5_accuracy"] == 1.0  # 4 classes: top-5 holds them all
+    # the final model loads with tf_keras and predicts like the run's last epoch
+    from tinyray.tfk import keras
+
+    model = keras.models.load_model(os.path.join(out.run_dir, "model", "model.keras"))
+    assert model.count_params() == out.result["params"]
+    classes = json.load(open(os.path.join(out.run_dir, "model", "classes.json")))
+    assert len(classes["classes"]) == SAMPLE.classes and classes["config"]["model"] == "tinycnn"
+    assert "AWS_SECRET_ACCESS_KEY" not in json.dumps(out.result) and s3.SECRET_KEY not in json.dumps(out.result)
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_mwms_spans_two_workers_with_identical_weights(ray_cluster, staged, s3, tmp_path):
+    out = train(tmp_path, staged, s3, epochs=2)
+    state = latest_state(out.run_dir)
+    assert [h["world_size"] for h in state["history"]] == [2, 2]
+    assert all(h["replicas_in_sync"] for h in state["history"])
+
+
+def latest_state(run_dir):
+    """state.json of the newest checkpoint folder of a run."""
+    from tinyray.train import STATE_FILE
+
+    ckpts = sorted(d for d in os.listdir(run_dir)
+                   if d.startswith("checkpoint_") and os.path.isdir(os.path.join(run_dir, d)))
+    return json.load(open(os.path.join(run_dir, ckpts[-1], STATE_FILE)))
+
+
+def train_worker_pids():
+    """This test session's Ray Train worker processes (descendants of this process only)."""
+    me = psutil.Process(os.getpid())
+    pids = []
+    for p in me.children(recursive=True):
+        try:
+            if "RayTrainWorker" in " ".join(p.cmdline()):
+                pids.append(p.pid)
+        except psutil.Error:
+            pass
+    return pids
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_a_killed_worker_is_replaced_and_training_resumes(ray_cluster, staged, s3, tmp_path):
+    box = {}
+    runs = tmp_path / "runs"
+    t = threading.Thread(target=lambda: box.setdefault("out", train(tmp_path, staged, s3, epochs=8,
+                                                                     name="kill-test")))
+    t.start()
+    deadline = time.time() + 300
+    killed = None
+    while time.time() < deadline and killed is None and t.is_alive():
+        run = runs / "kill-test"
+        if run.exists() and any(d.startswith("checkpoint_") and (run / d).is_dir() for d in os.listdir(run)):
+            pids = train_worker_pids()
+            if len(pids) >= 2:
+                killed = pids[-1]
+                os.kill(killed, 9)
+        time.sleep(0.2)
+    t.join(timeout=600)
+    assert killed, "no checkpoint appeared, or no worker to kill"
+    epochs = box["out"].result["epochs"]
+    assert [e["epoch"] for e in epochs] == list(range(1, 9))  # every epoch exactly once
+    history = latest_state(str(runs / "kill-test"))["history"]
+    assert max(h["resumed_from_epoch"] for h in history) >= 1  # a restart really happened
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_rerun_with_the_same_storage_resumes_the_epoch_count(ray_cluster, staged, s3, tmp_path):
+    first = train(tmp_path, staged, s3, epochs=2, name="resume-test")
+    assert [e["epoch"] for e in first.result["epochs"]] == [1, 2]
+    second = train(tmp_path, staged, s3, epochs=4, name="resume-test")
+    assert [e["epoch"] for e in second.result["epochs"]] == [1, 2, 3, 4]
+    assert second.result["epochs"][:2] == first.result["epochs"]  # not retrained
