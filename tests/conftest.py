@@ -56,3 +56,70 @@ def ray_cluster(s3):
              log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+# ------------------------------------------- `ray start --head` clusters, stopped by their pid
+
+
+def free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_ray_head(*args, env=None, timeout=120, before_start=None):
+    """`ray start --head --block` as this test's own child, in its own process group.
+    ``before_start(port)`` may write files that name the GCS port. Returns (process,
+    dashboard/job address, env)."""
+    import subprocess
+    import time
+
+    port, dash = free_port(), free_port()
+    if before_start:
+        before_start(port)
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", **(env or {})}
+    proc = subprocess.Popen(
+        ["ray", "start", "--head", "--block", f"--port={port}", f"--dashboard-port={dash}",
+         "--dashboard-host=127.0.0.1", "--include-dashboard=true", "--disable-usage-stats",
+         *[a.replace("{port}", str(port)) for a in args]],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    address = f"http://127.0.0.1:{dash}"
+    deadline = time.time() + timeout
+    while subprocess.run(["ray", "job", "list", "--address", address], env=env,
+                         capture_output=True).returncode != 0:
+        if time.time() > deadline or proc.poll() is not None:
+            stop_process_tree(proc)
+            raise RuntimeError("ray start --head did not come up")
+        time.sleep(2)
+    return proc, address, env
+
+
+def stop_process_tree(proc):
+    """Stop `ray start --block` and every process it started (fake nodes included), by pid:
+    never `ray stop`, which would stop every Ray on the machine."""
+    import signal
+    import subprocess
+    import time
+
+    import psutil
+
+    try:
+        family = [proc.pid] + [p.pid for p in psutil.Process(proc.pid).children(recursive=True)]
+    except psutil.Error:
+        family = [proc.pid]
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        pass
+    time.sleep(2)
+    for pid in family:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass

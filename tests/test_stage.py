@@ -5,14 +5,13 @@ import json
 import os
 import subprocess
 
-import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
 from tinyray.data import stage as stage_mod
 from tinyray.data.stage import StageConfig, load_manifest, normalise_image, shard_ranges, stage_dataset
-from tinyray.data.storage import EmbeddedS3, StorageOptions, filesystem
+from tinyray.data.storage import StorageOptions, filesystem
 from tinyray.errors import TinyrayError
 
 from conftest import SAMPLE

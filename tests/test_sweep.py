@@ -2,14 +2,12 @@
 import glob
 import json
 import os
-import signal
-import socket
 import subprocess
-import sys
 import time
 
 import pytest
 
+from conftest import start_ray_head, stop_process_tree
 from tinyray.errors import TinyrayError
 from tinyray.sweep import SweepConfig, auto_concurrency, load_sweep, trial_resources
 
@@ -120,39 +118,12 @@ def test_asha_stops_weak_trials_early(ray_cluster, staged, s3, tmp_path):
 # ---------------------------------------------- the main job on a `ray start --head` cluster
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def head_cluster(tmp_path_factory):
+def head_cluster():
     """A real `ray start --head` cluster, started by this test module and stopped by its pid."""
-    port, dash = free_port(), free_port()
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
-    proc = subprocess.Popen(
-        ["ray", "start", "--head", "--block", f"--port={port}", f"--dashboard-port={dash}",
-         "--dashboard-host=127.0.0.1", "--num-cpus=2", '--resources={"tinyray_driver": 2}',
-         "--include-dashboard=true", "--disable-usage-stats"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    address = f"http://127.0.0.1:{dash}"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        r = subprocess.run(["ray", "job", "list", "--address", address], env=env, capture_output=True)
-        if r.returncode == 0:
-            break
-        time.sleep(2)
-    else:
-        proc.terminate()
-        raise RuntimeError("ray start --head did not come up")
+    proc, address, env = start_ray_head("--num-cpus=2", '--resources={"tinyray_driver": 2}')
     yield address, env
-    # Stop exactly what this fixture started: the `ray start --block` process group.
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
+    stop_process_tree(proc)
 
 
 def submit(address, env, *args, wait=True, runtime_env=None):
@@ -221,3 +192,16 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(head_cluster, st
         assert after[f] == content  # a finished trial was not rerun: not one line added
     rows = open(exp / "results.csv").read().splitlines()
     assert len(rows) == 5
+
+
+def test_cluster_capacity_counts_what_the_autoscaler_can_reach():
+    from tinyray.sweep import cluster_capacity, load_cluster_config
+
+    config = load_cluster_config(os.path.join(ROOT, "cluster", "aws-gpu.yaml"))
+    nodes, extra = cluster_capacity([{"CPU": 0, "tinyray_driver": 32}], config)
+    assert nodes == [{"CPU": 0, "tinyray_driver": 32}]
+    assert extra.count({"CPU": 4, "GPU": 1}) == 8 and extra.count({"CPU": 48, "GPU": 4}) == 2
+    seed = load_sweep(os.path.join(ROOT, "sweeps", "seed.yaml"))
+    # 8 g5.xlarge (1 trial each at 3 CPUs + 1 GPU) + 2 g5.12xlarge (4 GPU each) = 16 slots; 6 trials
+    assert auto_concurrency(seed, nodes, extra) == 6
+    assert cluster_capacity([{"CPU": 2}], None) == ([{"CPU": 2}], [])

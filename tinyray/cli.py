@@ -190,7 +190,7 @@ def _cmd_sweep(args) -> int:
     default_config = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "sweeps", "smoke.yaml")
     config = args.config or (default_config if args.data is None and os.path.exists(default_config) else None)
     train_all(config, overrides, data=args.data, resume=args.resume, address=args.address,
-              endpoint_url=args.endpoint_url)
+              endpoint_url=args.endpoint_url, cluster_config_path=args.cluster_config)
     return 0
 
 
@@ -225,6 +225,8 @@ def _register_sweep(sub) -> None:
     p.add_argument("--max-concurrent-trials", type=_concurrency, help="'auto' or a number (overrides the config)")
     p.add_argument("--endpoint-url", help="S3-compatible endpoint (default: $AWS_ENDPOINT_URL, else AWS)")
     p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
+    p.add_argument("--cluster-config", help="the cluster launcher YAML (cluster/aws-gpu.yaml): 'auto' concurrency "
+                                            "then counts the nodes its autoscaler can still add")
     p.set_defaults(func=_cmd_sweep)
 
     p = sub.add_parser("report", help="(re)build the comparison report of a finished or interrupted experiment")

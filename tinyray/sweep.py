@@ -139,6 +139,40 @@ def trial_resources(cluster: dict) -> dict:
     return {"CPU": 0, "memory": 1}
 
 
+def cluster_capacity(live_nodes: list[dict], cluster_config: dict | None) -> tuple[list[dict], list[dict]]:
+    """(nodes, nodes an autoscaler may add) for sizing a sweep.
+
+    With a cluster launcher config (cluster/aws-gpu.yaml), capacity is what its node types can
+    reach at ``max_workers``: the live worker nodes are part of that maximum, not in addition to
+    it. Without one, only the live nodes count.
+    """
+    if not cluster_config:
+        return list(live_nodes), []
+    types = cluster_config.get("available_node_types", {})
+    head_type = cluster_config.get("head_node_type")
+    head = [dict(types[head_type].get("resources", {}))] if head_type in types else []
+    extra = []
+    for name, spec in types.items():
+        if name != head_type:
+            extra += [dict(spec.get("resources", {}))] * int(spec.get("max_workers", 0))
+    return head, extra
+
+
+def load_cluster_config(path: str | None) -> dict | None:
+    import yaml
+
+    if not path:
+        return None
+    try:
+        with open(path) as f:
+            cfg = yaml.safe_load(f)
+    except FileNotFoundError:
+        raise TinyrayError(f"cluster config {path} does not exist") from None
+    if not isinstance(cfg, dict) or "available_node_types" not in cfg:
+        raise TinyrayError(f"{path} is not a Ray cluster launcher config (no available_node_types)")
+    return cfg
+
+
 def auto_concurrency(cfg: SweepConfig, nodes: list[dict], max_nodes: list[dict] | None = None) -> int:
     """How many trials the cluster can run at once (with what an autoscaler may still add):
     whole trials' worth of worker bundles that fit, node by node."""
@@ -176,7 +210,7 @@ def run_trial(config: dict) -> None:
 
 
 def run_sweep(cfg: SweepConfig, data: str, opts: StorageOptions | None = None, resume: bool = False,
-              max_nodes: list[dict] | None = None):
+              cluster_config: dict | None = None):
     """Run (or resume) the sweep; return the experiment URI. Ray must be initialised."""
     import ray
     from ray import tune
@@ -187,7 +221,8 @@ def run_sweep(cfg: SweepConfig, data: str, opts: StorageOptions | None = None, r
 
     opts = opts or StorageOptions.from_env(cfg.endpoint_url)
     manifest = load_manifest(data, opts)
-    nodes = cluster_nodes()
+    live = cluster_nodes()
+    nodes, max_nodes = cluster_capacity(live, cluster_config)
     first = cfg.train_config(cfg.trials()[0], data)
     check_fits(first, nodes, max_nodes)
     from tinyray.data.pipeline import steps_per_epoch
@@ -205,7 +240,7 @@ def run_sweep(cfg: SweepConfig, data: str, opts: StorageOptions | None = None, r
     trainable = tune.with_resources(run_trial, trial_resources(ray.cluster_resources()))
     experiment_dir = f"{exp_path}/{cfg.name}"
 
-    _write_sweep_meta(cfg, data, manifest, nodes, concurrency, opts)
+    _write_sweep_meta(cfg, data, manifest, live, concurrency, opts)
     if resume and tune.Tuner.can_restore(experiment_dir, storage_filesystem=fs):
         print(f"resuming sweep {exp_uri}: finished trials are kept, unfinished ones continue", flush=True)
         tuner = tune.Tuner.restore(experiment_dir, trainable, resume_errored=True, storage_filesystem=fs)
@@ -262,7 +297,8 @@ def experiment_exists(uri: str, opts: StorageOptions) -> bool:
 
 
 def train_all(config_path: str | None, overrides: dict, data: str | None = None, resume: bool = False,
-              address: str | None = None, endpoint_url: str | None = None) -> str:
+              address: str | None = None, endpoint_url: str | None = None,
+              cluster_config_path: str | None = None) -> str:
     """The main job: run (or resume) a sweep and write its report; return the report's URI.
 
     With no ``data`` this is the embedded default: it starts the embedded object store, writes
@@ -277,6 +313,7 @@ def train_all(config_path: str | None, overrides: dict, data: str | None = None,
     from tinyray.train import ensure_ray
 
     cfg = load_sweep(config_path, overrides)
+    cluster_config = load_cluster_config(cluster_config_path)
     embedded = None
     try:
         if data is None and cfg.data is None:
@@ -295,7 +332,7 @@ def train_all(config_path: str | None, overrides: dict, data: str | None = None,
         if experiment_exists(exp, opts) and not resume:
             raise TinyrayError(f"experiment {exp} exists: pass --resume to continue it, or --name for a new one")
         ensure_ray(opts, address, driver_slots=True)
-        run_sweep(cfg, data, opts, resume=resume)
+        run_sweep(cfg, data, opts, resume=resume, cluster_config=cluster_config)
         report = write_report(exp, opts)
         print(f"report: {report} (and report.html, results.csv, results.json beside it)", flush=True)
         print(f"dashboards: tensorboard --logdir {exp}", flush=True)

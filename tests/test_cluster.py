@@ -1,0 +1,139 @@
+"""Cluster deployment files: Ray's own schema, consistency with the repo, and autoscaling proven
+on Ray's fake multi-node provider."""
+import copy
+import json
+import os
+import re
+import subprocess
+import time
+
+import pytest
+import yaml
+
+from conftest import start_ray_head, stop_process_tree
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CLUSTER = os.path.join(ROOT, "cluster")
+
+
+def load(*path):
+    with open(os.path.join(CLUSTER, *path)) as f:
+        return yaml.safe_load(f)
+
+
+def ray_version():
+    text = open(os.path.join(ROOT, "pyproject.toml")).read()
+    return re.search(r'"ray\[[^\]]+\]==(\d+\.\d+)', text).group(1)
+
+
+def test_aws_config_passes_rays_schema():
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    validate_config(prepare_config(copy.deepcopy(load("aws-gpu.yaml"))))
+
+
+def test_aws_config_keeps_training_off_the_head_and_scales_gpus_from_zero():
+    cfg = load("aws-gpu.yaml")
+    types = cfg["available_node_types"]
+    head = types[cfg["head_node_type"]]
+    assert head["resources"]["CPU"] == 0 and head["resources"]["tinyray_driver"] >= 1
+    gpu_types = [t for n, t in types.items() if n != cfg["head_node_type"]]
+    assert len(gpu_types) >= 2 and all(t["resources"]["GPU"] >= 1 and t["min_workers"] == 0 for t in gpu_types)
+    assert {t["resources"]["GPU"] for t in gpu_types} == {1, 4}
+    assert cfg["idle_timeout_minutes"] > 0
+    # nothing but SSH open to the world
+    perms = cfg["provider"]["security_group"]["IpPermissions"]
+    assert [(p["FromPort"], p["ToPort"]) for p in perms] == [(22, 22)]
+    assert "--dashboard-host=127.0.0.1" in " ".join(cfg["head_start_ray_commands"])
+    assert cfg["docker"]["image"].startswith(f"rayproject/ray:{ray_version()}.") and cfg["docker"]["image"].endswith("-gpu")
+
+
+def test_iam_policy_grants_one_bucket_read_write():
+    policy = json.load(open(os.path.join(CLUSTER, "iam-policy.json")))
+    actions = {a for s in policy["Statement"] for a in s["Action"]}
+    assert {"s3:GetObject", "s3:PutObject", "s3:ListBucket"} <= actions
+    assert {r for s in policy["Statement"] for r in [s["Resource"]]} == {"arn:aws:s3:::BUCKET", "arn:aws:s3:::BUCKET/*"}
+
+
+def test_kuberay_manifests_are_consistent_with_the_repo():
+    cluster = load("kuberay", "raycluster.yaml")
+    job = load("kuberay", "rayjob.yaml")
+    assert cluster["kind"] == "RayCluster" and job["kind"] == "RayJob"
+    dockerfile = open(os.path.join(CLUSTER, "kuberay", "Dockerfile")).read()
+    base = re.search(r"^FROM (\S+)", dockerfile, re.M).group(1)
+    assert base.startswith(f"rayproject/ray:{ray_version()}.") and base.endswith("-gpu")
+    for spec in (cluster["spec"], job["spec"]["rayClusterSpec"]):
+        assert spec["rayVersion"].startswith(ray_version()) and spec["enableInTreeAutoscaling"] is True
+        images = {c["image"] for g in [spec["headGroupSpec"], *spec["workerGroupSpecs"]]
+                  for c in g["template"]["spec"]["containers"]}
+        assert images == {"REGISTRY/tinyray:0.1.0"}  # the image the Dockerfile builds
+        assert spec["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"
+        assert "tinyray_driver" in spec["headGroupSpec"]["rayStartParams"]["resources"]
+        gpus = [g["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"]
+                for g in spec["workerGroupSpecs"]]
+        assert gpus and all(g >= 1 for g in gpus)
+        assert all(g["minReplicas"] == 0 for g in spec["workerGroupSpecs"])
+    # every file the job's entrypoint names exists in the repo, where the Dockerfile copies it
+    paths = re.findall(r"/home/ray/tinyray/(\S+)", job["spec"]["entrypoint"])
+    assert paths and all(os.path.exists(os.path.join(ROOT, p)) for p in paths)
+    copied = re.findall(r"^COPY \S+ (\S+) ", dockerfile, re.M)
+    assert all(p.split("/")[0] in {c.split("/")[0] for c in copied} or p.split("/")[0] in
+               " ".join(re.findall(r"^COPY .*", dockerfile, re.M)) for p in paths)
+    assert "WORKDIR /home/ray/tinyray" in dockerfile
+
+
+def test_fake_cluster_config_mirrors_the_aws_node_types():
+    from ray.autoscaler._private.util import validate_config
+
+    fake, aws = load("fake-gpu.yaml"), load("aws-gpu.yaml")
+    validate_config(fake)
+    assert set(fake["available_node_types"]) <= set(aws["available_node_types"])
+    assert fake["available_node_types"]["head"]["resources"]["CPU"] == 0
+    assert fake["available_node_types"]["gpu_1x"]["resources"]["GPU"] == 1
+
+
+# ------------------------------------------------------ autoscaling on the fake provider (slow)
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_a_gpu_sweep_makes_the_autoscaler_add_and_remove_nodes(staged, s3, tmp_path):
+    from ray.util.state import list_nodes
+
+    cfg = load("fake-gpu.yaml")
+    cfg["provider"]["gcs_address"] = "127.0.0.1:{port}"
+    cfg_path = tmp_path / "fake.yaml"
+    head, address, env = start_ray_head(
+        "--num-cpus=0", '--resources={"tinyray_driver": 4}', f"--autoscaling-config={cfg_path}",
+        env={"RAY_FAKE_CLUSTER": "1"}, before_start=lambda port: cfg_path.write_text(
+            yaml.safe_dump(cfg).replace("{port}", str(port))))
+    try:
+        sweep = tmp_path / "gpu.yaml"
+        sweep.write_text("models: [tinycnn]\noptimizers: [adam]\nlearning_rates: [3.0e-3, 1.0e-3]\nepochs: 2\n"
+                         "batch_size: 16\nworkers: 1\ncpus_per_worker: 1\ngpus_per_worker: 1\nname: fake-gpu\n")
+        uri, _ = staged
+        runtime_env = {"env_vars": {**s3.env, "TINYRAY_ALLOW_MISSING_GPU": "1"}}
+        out = subprocess.run(
+            ["ray", "job", "submit", "--address", address, "--working-dir", ROOT,
+             "--runtime-env-json", json.dumps(runtime_env), "--", "python", "jobs/train_all.py",
+             "--config", str(sweep), "--data", uri, "--storage", str(tmp_path / "exp"),
+             "--cluster-config", str(cfg_path)],
+            env=env, capture_output=True, text=True, timeout=900)
+        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+        assert "2 trials, 2 at a time" in out.stdout  # auto concurrency counted the nodes it could add
+        rows = open(tmp_path / "exp" / "fake-gpu" / "results.csv").read().splitlines()
+        assert len(rows) == 3 and all(",completed," in r for r in rows[1:])
+        nodes = list_nodes(address=address, detail=True)
+        gpu_nodes = [n for n in nodes if n.resources_total.get("GPU")]
+        assert gpu_nodes, "the autoscaler started no GPU node"
+        # idle GPU nodes are removed (idle_timeout_minutes: 0.1)
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            alive = [n for n in list_nodes(address=address, detail=True)
+                     if n.state == "ALIVE" and n.resources_total.get("GPU")]
+            if not alive:
+                break
+            time.sleep(3)
+        assert not alive, "idle GPU nodes were not removed"
+    finally:
+        stop_process_tree(head)
