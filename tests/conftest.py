@@ -123,3 +123,24 @@ def stop_process_tree(proc):
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+def submit_job(address, env, entrypoint, runtime_env=None, wait=True, timeout=1200):
+    """`ray job submit --working-dir <repo>` as a user runs it. The head's job agent can lag
+    the job API by a few seconds after start-up; that one answer is retried."""
+    import json
+    import subprocess
+    import time
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cmd = ["ray", "job", "submit", "--address", address, "--working-dir", root]
+    if runtime_env:
+        cmd += ["--runtime-env-json", json.dumps(runtime_env)]
+    if not wait:
+        cmd.append("--no-wait")
+    deadline = time.time() + 90
+    while True:
+        out = subprocess.run(cmd + ["--", *entrypoint], env=env, capture_output=True, text=True, timeout=timeout)
+        if "No available agent to submit job" not in out.stderr or time.time() > deadline:
+            return out
+        time.sleep(3)

@@ -4,13 +4,12 @@ import copy
 import json
 import os
 import re
-import subprocess
 import time
 
 import pytest
 import yaml
 
-from conftest import start_ray_head, stop_process_tree
+from conftest import start_ray_head, stop_process_tree, submit_job
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLUSTER = os.path.join(ROOT, "cluster")
@@ -113,12 +112,9 @@ def test_a_gpu_sweep_makes_the_autoscaler_add_and_remove_nodes(staged, s3, tmp_p
                          "batch_size: 16\nworkers: 1\ncpus_per_worker: 1\ngpus_per_worker: 1\nname: fake-gpu\n")
         uri, _ = staged
         runtime_env = {"env_vars": {**s3.env, "TINYRAY_ALLOW_MISSING_GPU": "1"}}
-        out = subprocess.run(
-            ["ray", "job", "submit", "--address", address, "--working-dir", ROOT,
-             "--runtime-env-json", json.dumps(runtime_env), "--", "python", "jobs/train_all.py",
-             "--config", str(sweep), "--data", uri, "--storage", str(tmp_path / "exp"),
-             "--cluster-config", str(cfg_path)],
-            env=env, capture_output=True, text=True, timeout=900)
+        out = submit_job(address, env, ["python", "jobs/train_all.py", "--config", str(sweep), "--data", uri,
+                                        "--storage", str(tmp_path / "exp"), "--cluster-config", str(cfg_path)],
+                         runtime_env=runtime_env)
         assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
         assert "2 trials, 2 at a time" in out.stdout  # auto concurrency counted the nodes it could add
         rows = open(tmp_path / "exp" / "fake-gpu" / "results.csv").read().splitlines()

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from conftest import start_ray_head, stop_process_tree
+from conftest import start_ray_head, stop_process_tree, submit_job
 from tinyray.errors import TinyrayError
 from tinyray.sweep import SweepConfig, auto_concurrency, load_sweep, trial_resources
 
@@ -65,8 +65,10 @@ def test_trial_drivers_never_take_a_cpu():
 
 
 @pytest.mark.parametrize("kw,nodes,max_nodes,expected", [
-    ({"workers": 1, "cpus_per_worker": 1}, [{"CPU": 2}], None, 2),
-    ({"workers": 2, "cpus_per_worker": 1}, [{"CPU": 2}], None, 1),
+    ({"workers": 1, "cpus_per_worker": 1}, [{"CPU": 2}], None, 1),  # 2 × 1 CPU would starve the reads
+    ({"workers": 1, "cpus_per_worker": 0.5}, [{"CPU": 2}], None, 2),
+    ({"workers": 1, "cpus_per_worker": 1}, [{"CPU": 4}], None, 3),
+    ({"workers": 2, "cpus_per_worker": 1}, [{"CPU": 8}], None, 3),
     ({"workers": 1, "cpus_per_worker": 4, "gpus_per_worker": 1}, [{"CPU": 4}], [{"CPU": 8, "GPU": 1}] * 3, 3),
     ({"workers": 1, "cpus_per_worker": 4, "gpus_per_worker": 1}, [{"CPU": 4}], [{"CPU": 48, "GPU": 4}] * 2, 6),
     ({"workers": 1, "cpus_per_worker": 1}, [{"CPU": 64, "tinyray_driver": 3}], None, 3),
@@ -127,13 +129,7 @@ def head_cluster():
 
 
 def submit(address, env, *args, wait=True, runtime_env=None):
-    cmd = ["ray", "job", "submit", "--address", address, "--working-dir", ROOT]
-    if runtime_env:
-        cmd += ["--runtime-env-json", json.dumps(runtime_env)]
-    if not wait:
-        cmd.append("--no-wait")
-    return subprocess.run(cmd + ["--", "python", "jobs/train_all.py", *args], env=env, capture_output=True,
-                          text=True, timeout=1200)
+    return submit_job(address, env, ["python", "jobs/train_all.py", *args], runtime_env=runtime_env, wait=wait)
 
 
 @pytest.mark.ray

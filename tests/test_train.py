@@ -50,7 +50,8 @@ def test_defaults_are_the_seeds():
 
 
 @pytest.mark.parametrize("kw,nodes,message", [
-    ({"workers": 2, "cpus_per_worker": 1}, [{"CPU": 2}], None),
+    ({"workers": 2, "cpus_per_worker": 1}, [{"CPU": 3}], None),
+    ({"workers": 2, "cpus_per_worker": 1}, [{"CPU": 2}], "take all 2 CPUs, leaving none for Ray Data"),
     ({"workers": 3, "cpus_per_worker": 1}, [{"CPU": 2}], "3 workers × 1 CPU = 3 CPU, more than the cluster"),
     ({"workers": 1, "cpus_per_worker": 4}, [{"CPU": 2}, {"CPU": 2}], "one worker needs 4 CPU"),
     ({"workers": 1, "gpus_per_worker": 1}, [{"CPU": 8}], "one worker needs 1 CPU and 1 GPU"),
@@ -123,6 +124,10 @@ def test_two_workers_learn_the_sample_in_sync(ray_cluster, staged, s3, tmp_path)
     out = train(tmp_path, staged, s3, epochs=6)
     epochs = out.result["epochs"]
     assert [e["epoch"] for e in epochs] == [1, 2, 3, 4, 5, 6]
+    # MWMS really spans both workers, and they hold identical weights after every epoch
+    state = latest_state(out.run_dir)
+    assert [h["world_size"] for h in state["history"]] == [2] * 6
+    assert all(h["replicas_in_sync"] for h in state["history"])
     history = json.load(open(os.path.join(out.run_dir, "result.json")))
     assert history == json.loads(json.dumps(out.result))
     # validation counted every val image exactly once, across both workers
@@ -138,15 +143,6 @@ def test_two_workers_learn_the_sample_in_sync(ray_cluster, staged, s3, tmp_path)
     classes = json.load(open(os.path.join(out.run_dir, "model", "classes.json")))
     assert len(classes["classes"]) == SAMPLE.classes and classes["config"]["model"] == "tinycnn"
     assert "AWS_SECRET_ACCESS_KEY" not in json.dumps(out.result) and s3.SECRET_KEY not in json.dumps(out.result)
-
-
-@pytest.mark.ray
-@pytest.mark.slow
-def test_mwms_spans_two_workers_with_identical_weights(ray_cluster, staged, s3, tmp_path):
-    out = train(tmp_path, staged, s3, epochs=2)
-    state = latest_state(out.run_dir)
-    assert [h["world_size"] for h in state["history"]] == [2, 2]
-    assert all(h["replicas_in_sync"] for h in state["history"])
 
 
 def latest_state(run_dir):
@@ -205,3 +201,60 @@ def test_rerun_with_the_same_storage_resumes_the_epoch_count(ray_cluster, staged
     second = train(tmp_path, staged, s3, epochs=4, name="resume-test")
     assert [e["epoch"] for e in second.result["epochs"]] == [1, 2, 3, 4]
     assert second.result["epochs"][:2] == first.result["epochs"]  # not retrained
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_object_store_lost_mid_run_is_one_clear_error_then_resumes(ray_cluster, staged, s3, tmp_path):
+    """Checkpoints and data on an S3 endpoint that goes away mid-run: a clear error naming the
+    endpoint (not its credentials); the endpoint back, the same command resumes."""
+    from tinyray.data.storage import EmbeddedS3
+    from tinyray.train import run_training
+
+    uri, _ = staged
+    # A second endpoint onto the same in-process store (moto's state is per process), which
+    # this test may stop and restart on the same port.
+    store = EmbeddedS3(bucket="ckpts").start()
+    port = store.port
+    cfg = TrainConfig(model="model2", data=uri, workers=2, batch_size=8, epochs=5, lr=1e-3, name="lost-store",
+                      storage="s3://ckpts/runs", max_failures=1)
+    box = {}
+
+    def run():
+        try:
+            box["out"] = run_training(cfg, store.options)
+        except TinyrayError as e:
+            box["error"] = str(e)
+
+    t = threading.Thread(target=run)
+    t.start()
+    deadline = time.time() + 300
+    while time.time() < deadline and t.is_alive():
+        keys = storage_keys(store, "ckpts", "runs/lost-store/")
+        if any(k.endswith("checkpoint_manager_snapshot.json") for k in keys):
+            break
+        time.sleep(0.3)
+    store.stop()
+    t.join(timeout=600)
+    assert "error" in box, box
+    assert box["error"].startswith(f"training stopped: the object store at http://127.0.0.1:{port} became unreachable")
+    assert store.SECRET_KEY not in box["error"] and store.ACCESS_KEY not in box["error"]
+
+    again = EmbeddedS3(port=port, bucket=None).start()
+    try:
+        out = run_training(cfg, again.options)
+    finally:
+        again.stop()
+    epochs = out.result["epochs"]
+    assert [e["epoch"] for e in epochs] == [1, 2, 3, 4, 5]
+    assert max(e["resumed_from_epoch"] for e in epochs) >= 1  # continued from a checkpoint
+
+
+def storage_keys(store, bucket, prefix):
+    from tinyray.data.storage import s3_client
+
+    try:
+        listing = s3_client(store.options, attempts=1).list_objects_v2(Bucket=bucket, Prefix=prefix)
+    except Exception:  # noqa: BLE001 - the store may be mid-start
+        return []
+    return [o["Key"] for o in listing.get("Contents", [])]

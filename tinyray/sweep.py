@@ -175,7 +175,10 @@ def load_cluster_config(path: str | None) -> dict | None:
 
 def auto_concurrency(cfg: SweepConfig, nodes: list[dict], max_nodes: list[dict] | None = None) -> int:
     """How many trials the cluster can run at once (with what an autoscaler may still add):
-    whole trials' worth of worker bundles that fit, node by node."""
+    whole trials' worth of worker bundles that fit, node by node, with ``DATA_CPUS`` per trial
+    left free for Ray Data's reads."""
+    from tinyray.train import DATA_CPUS
+
     def bundles(node):
         counts = []
         for key, per in (("CPU", cfg.cpus_per_worker), ("GPU", cfg.gpus_per_worker)):
@@ -183,9 +186,11 @@ def auto_concurrency(cfg: SweepConfig, nodes: list[dict], max_nodes: list[dict] 
                 counts.append(math.floor(node.get(key, 0) / per + 1e-9))
         return min(counts) if counts else 0
 
-    total = sum(bundles(n) for n in list(nodes) + list(max_nodes or []))
+    everything = list(nodes) + list(max_nodes or [])
+    trials = sum(bundles(n) for n in everything) // cfg.workers
+    total_cpu = sum(n.get("CPU", 0) for n in everything)
+    trials = min(trials, math.floor(total_cpu / (cfg.workers * cfg.cpus_per_worker + DATA_CPUS) + 1e-9))
     drivers = sum(n.get(DRIVER_RESOURCE, 0) for n in nodes)
-    trials = total // cfg.workers
     if drivers >= 1:
         trials = min(trials, int(drivers))
     return max(1, min(trials, len(cfg.trials())))

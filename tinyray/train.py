@@ -52,12 +52,17 @@ def make_optimizer(keras, name: str, lr: float, momentum: float = 0.9):
     raise TinyrayError(f"unknown optimizer {name!r}")
 
 
-def check_fits(cfg: TrainConfig, nodes: list[dict], max_nodes: list[dict] | None = None) -> None:
-    """Refuse, before any worker starts, a trial the cluster could never hold.
+# CPU kept free beside a run's Train workers for Ray Data's Parquet reads (IngestConfig.read_cpus):
+# workers holding every CPU would leave the reads unschedulable and the run would hang.
+DATA_CPUS = 0.25
 
-    ``nodes`` are the resource dicts of the cluster's nodes; ``max_nodes`` adds the node types
-    an autoscaler could still start. A worker's bundle must fit on one node, and all workers
-    together in the cluster's total.
+
+def check_fits(cfg: TrainConfig, nodes: list[dict], max_nodes: list[dict] | None = None) -> None:
+    """Refuse, before any worker starts, a run the cluster could never hold.
+
+    ``nodes`` are the resource dicts of the cluster's nodes; ``max_nodes`` adds the nodes an
+    autoscaler could still start. A worker's bundle must fit on one node, and all workers plus
+    ``DATA_CPUS`` for Ray Data's reads in the cluster's total.
     """
     candidates = list(nodes) + list(max_nodes or [])
     need = {"CPU": cfg.cpus_per_worker, "GPU": cfg.gpus_per_worker}
@@ -78,6 +83,12 @@ def check_fits(cfg: TrainConfig, nodes: list[dict], max_nodes: list[dict] | None
                 f"{cfg.workers} workers × {per:g} {key} = {per * cfg.workers:g} {key}, more than the "
                 f"cluster could ever hold ({total:g} {key})"
             )
+    total_cpu = sum(n.get("CPU", 0) for n in candidates)
+    if cfg.cpus_per_worker * cfg.workers + DATA_CPUS > total_cpu + 1e-9:
+        raise TinyrayError(
+            f"{cfg.workers} workers × {cfg.cpus_per_worker:g} CPU take all {total_cpu:g} CPUs, leaving none "
+            f"for Ray Data's reads ({DATA_CPUS:g} CPU): lower --cpus-per-worker or --workers"
+        )
 
 
 def thread_counts(cpus_per_worker: float) -> tuple[int, int]:
@@ -367,7 +378,7 @@ def finish_run(cfg: TrainConfig, manifest: dict, checkpoint, wall_seconds: float
             "model": cfg.model,
             "run": cfg.run_name,
             "config": public,
-            "epochs": [{k: m[k] for k in EPOCH_KEYS} | {"val_count": m["val_count"]} for m in state["history"]],
+            "epochs": [{k: m[k] for k in EPOCH_KEYS + ("val_count", "resumed_from_epoch")} for m in state["history"]],
             "params": int(model.count_params()),
             "wall_seconds": wall_seconds,
             "global_batch": cfg.global_batch,

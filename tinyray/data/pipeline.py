@@ -37,7 +37,7 @@ CACHE_MODES = ("memory", "stream")
 class IngestConfig:
     cache: str = "memory"
     # Ray Data tasks need CPUs that the Train workers do not hold; fractional CPUs let reads run
-    # beside the workers on a small node without starving them.
+    # beside the workers on a small node. train.DATA_CPUS keeps this much free per run.
     read_cpus: float = 0.25
     decode_batch: int = 512
 
