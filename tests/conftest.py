@@ -125,7 +125,7 @@ def stop_process_tree(proc):
             pass
 
 
-def submit_job(address, env, entrypoint, runtime_env=None, wait=True, timeout=1200):
+def submit_job(address, env, entrypoint, runtime_env=None, wait=True, timeout=1200, working_dir=True):
     """`ray job submit --working-dir <repo>` as a user runs it. The head's job agent can lag
     the job API by a few seconds after start-up; that one answer is retried."""
     import json
@@ -133,7 +133,7 @@ def submit_job(address, env, entrypoint, runtime_env=None, wait=True, timeout=12
     import time
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    cmd = ["ray", "job", "submit", "--address", address, "--working-dir", root]
+    cmd = ["ray", "job", "submit", "--address", address] + (["--working-dir", root] if working_dir else [])
     if runtime_env:
         cmd += ["--runtime-env-json", json.dumps(runtime_env)]
     if not wait:

@@ -2,10 +2,12 @@
 import glob
 import json
 import os
+import re
 import subprocess
 import time
 
 import pytest
+from ray.job_submission import JobStatus, JobSubmissionClient
 
 from conftest import start_ray_head, stop_process_tree, submit_job
 from tinyray.errors import TinyrayError
@@ -141,7 +143,7 @@ def test_smoke_sweep_submitted_as_a_ray_job(head_cluster, tmp_path):
     assert "report: " in out.stdout
     md = open(tmp_path / "smoke-test" / "report.md").read()
     table = md.split("## The seed's table, reproduced")[1].split("##")[0]
-    rows = [l for l in table.splitlines() if l.startswith("| model")]
+    rows = [l for l in table.splitlines() if l.startswith("| model") and not l.startswith("| model |")]
     assert [r.split("|")[1].strip() for r in rows] == [f"model{i}" for i in range(1, 7)]
     assert "no finished epoch" not in table
     assert os.path.exists(tmp_path / "smoke-test" / "report.html")
@@ -159,9 +161,8 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(head_cluster, st
     out = submit(address, env, "--config", str(config), "--data", uri, "--storage", str(tmp_path),
                  wait=False, runtime_env=runtime_env)
     assert out.returncode == 0, out.stderr
-    job_id = [l for l in out.stdout.splitlines() if "raysubmit_" in l][0].split("'")[1] \
-        if "'raysubmit_" in out.stdout else out.stdout.split("raysubmit_")[1].split()[0].strip("'\"")
-    job_id = job_id if job_id.startswith("raysubmit_") else "raysubmit_" + job_id
+    job_id = re.search(r"raysubmit_\w+", out.stdout + out.stderr).group(0)
+    client = JobSubmissionClient(address)
     exp = tmp_path / "resume-test"
 
     def finished_trials():
@@ -174,10 +175,15 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(head_cluster, st
 
     deadline = time.time() + 600
     while time.time() < deadline and not finished_trials():
+        status = client.get_job_status(job_id)
+        assert status not in (JobStatus.FAILED, JobStatus.SUCCEEDED), client.get_job_logs(job_id)[-3000:]
         time.sleep(1)
     before = finished_trials()
     assert before, "no trial finished in time"
-    subprocess.run(["ray", "job", "stop", "--address", address, job_id], env=env, capture_output=True, timeout=120)
+    stop = subprocess.run(["ray", "job", "stop", "--address", address, job_id], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert stop.returncode == 0, stop.stderr
+    assert client.get_job_status(job_id) == JobStatus.STOPPED
     # not all four can have finished: trials run one at a time and the job was stopped after the first
     out = submit(address, env, "--config", str(config), "--data", uri, "--storage", str(tmp_path), "--resume",
                  runtime_env=runtime_env)

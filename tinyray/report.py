@@ -210,6 +210,9 @@ def plot_accuracy(trials: list[Trial], key: str, title: str) -> bytes:
     for model, t in best_per_model(trials).items():
         ax.plot([e["epoch"] for e in t.history], [100 * e[key] for e in t.history], marker="o", ms=3,
                 label=f"{model} ({t.optimizer}, {t.lr:g})")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel("accuracy (%)")
     ax.set_title(title)
@@ -240,7 +243,7 @@ def build_report(meta: dict, trials: list[Trial]) -> dict[str, bytes]:
                     f"{sum(t.status == 'stopped early' for t in trials)} stopped early, "
                     f"{sum(t.status == 'failed' for t in trials)} failed, "
                     f"{sum(t.status == 'incomplete' for t in trials)} incomplete); scheduler {sweep['scheduler']}, "
-                    f"{sweep['epochs']} epochs, batch {sweep['batch_size']} per worker × {sweep['workers']} workers.")
+                    f"{sweep['epochs']} epochs, batch {sweep['batch_size']} per worker × {sweep['workers']} worker(s).")
     header, seed_rows = seed_table(trials, num_classes)
     sections.append("## The seed's table, reproduced\n\nEach model's best variant (by best-epoch val accuracy) "
                     "beside the numbers the seed study reported (TensorFlow, one machine, full Tiny ImageNet). "

@@ -341,6 +341,11 @@ def train_all(config_path: str | None, overrides: dict, data: str | None = None,
         report = write_report(exp, opts)
         print(f"report: {report} (and report.html, results.csv, results.json beside it)", flush=True)
         print(f"dashboards: tensorboard --logdir {exp}", flush=True)
+        from tinyray.report import load_experiment
+
+        trials = load_experiment(exp, opts)[1]
+        if trials and all(t.status == "failed" for t in trials):
+            raise TinyrayError(f"every trial failed (see {report}); the first: {trials[0].error}")
         return report
     finally:
         if embedded is not None:

@@ -281,10 +281,22 @@ def ensure_ray(opts: StorageOptions, address: str | None = None, driver_slots: b
         return
     address = address or os.environ.get("RAY_ADDRESS") or "local"
     env = {**opts.to_env(), "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    # Inside `ray job submit`, Ray refuses a driver runtime_env that sets a variable the job's
+    # own runtime_env (--runtime-env-json) already sets: the job's value stands.
+    job_env = job_runtime_env_vars()
+    env = {k: v for k, v in env.items() if k not in job_env}
     kwargs = {}
     if address == "local" and driver_slots:
         kwargs["resources"] = {"tinyray_driver": os.cpu_count() or 1}
     ray.init(address=address, runtime_env={"env_vars": env}, **kwargs)
+
+
+def job_runtime_env_vars() -> dict:
+    """env_vars of the runtime environment `ray job submit` gave this driver, if any."""
+    from ray._private.runtime_env.constants import RAY_JOB_CONFIG_JSON_ENV_VAR
+
+    job = json.loads(os.environ.get(RAY_JOB_CONFIG_JSON_ENV_VAR) or "{}")
+    return dict((job.get("runtime_env") or {}).get("env_vars") or {})
 
 
 def cluster_nodes() -> list[dict]:
