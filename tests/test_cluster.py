@@ -114,7 +114,7 @@ def test_a_gpu_sweep_makes_the_autoscaler_add_and_remove_nodes(staged, s3, tmp_p
         # No --working-dir here: fake nodes share one Ray session folder, and a fake node that
         # the autoscaler removes deletes the uploaded working dir under the running job. The
         # repo is installed (pip install -e), so the job runs the script from the checkout.
-        out = submit_job(address, env, ["cd", str(tmp_path), "&&", "python", os.path.join(ROOT, "jobs", "train_all.py"),
+        out = submit_job(address, env, ["python", os.path.join(ROOT, "jobs", "train_all.py"),
                                         "--config", str(sweep), "--data", uri, "--storage", str(tmp_path / "exp"),
                                         "--cluster-config", str(cfg_path)],
                          runtime_env=runtime_env, working_dir=False)
