@@ -23,6 +23,7 @@ from tinyray.data.sample import SampleSpec, write_sample  # noqa: E402
 from tinyray.data.stage import StageConfig, stage_dataset  # noqa: E402
 from tinyray.report import best_per_model, load_experiment  # noqa: E402
 from tinyray.sweep import load_sweep, run_sweep  # noqa: E402
+from tinyray.train import repoint_stale_cluster_file  # noqa: E402
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 
@@ -43,6 +44,7 @@ def main(argv=None):
         stage_dataset(StageConfig(top, uri, rows_per_shard=100, progress=False), s3.options)
         ray.init(address="local", num_cpus=os.cpu_count(), resources={"tinyray_driver": os.cpu_count()},
                  runtime_env={"env_vars": {**s3.env, "TF_USE_LEGACY_KERAS": "1"}}, log_to_driver=False)
+        repoint_stale_cluster_file(ray.get_runtime_context().gcs_address)
         try:
             for scheduler in ("fifo", "asha"):
                 cfg = load_sweep(os.path.join(ROOT, "sweeps", "grid.yaml"), {

@@ -98,6 +98,23 @@ def test_mixed_precision_keeps_the_output_float32():
         keras.mixed_precision.set_global_policy("float32")
 
 
+def test_stale_cluster_pointer_is_repointed_but_a_live_one_is_kept(tmp_path):
+    import socket
+
+    from tinyray.train import repoint_stale_cluster_file
+
+    pointer = tmp_path / "ray_current_cluster"
+    pointer.write_text("127.0.0.1:9")  # nothing listens on port 9
+    assert repoint_stale_cluster_file("127.0.0.1:6379", str(pointer)) is True
+    assert pointer.read_text() == "127.0.0.1:6379"
+    with socket.socket() as live:
+        live.bind(("127.0.0.1", 0))
+        live.listen()
+        pointer.write_text(f"127.0.0.1:{live.getsockname()[1]}")
+        assert repoint_stale_cluster_file("127.0.0.1:6379", str(pointer)) is False
+    assert repoint_stale_cluster_file("127.0.0.1:6379", str(tmp_path / "missing")) is False
+
+
 def test_cli_data_without_manifest_fails_before_ray(tmp_path):
     out = subprocess.run(["tinyray", "train", "--model", "model2", "--data", str(tmp_path)],
                          capture_output=True, text=True, timeout=60)

@@ -289,6 +289,40 @@ def ensure_ray(opts: StorageOptions, address: str | None = None, driver_slots: b
     if address == "local" and driver_slots:
         kwargs["resources"] = {"tinyray_driver": os.cpu_count() or 1}
     ray.init(address=address, runtime_env={"env_vars": env}, **kwargs)
+    if address == "local":
+        repoint_stale_cluster_file(ray.get_runtime_context().gcs_address)
+
+
+CURRENT_CLUSTER_FILE = "/tmp/ray/ray_current_cluster"
+
+
+def repoint_stale_cluster_file(gcs_address: str, path: str = CURRENT_CLUSTER_FILE) -> bool:
+    """Point Ray's "current cluster" file at this local cluster when it names a dead one.
+
+    Ray Train's placement-group cleaner finds its cluster through this file (its processes have
+    no RAY_ADDRESS). A file left by an earlier, stopped `ray start` names a GCS that no longer
+    answers; the cleaner then dies, and a Tune trial stopped early (ASHA) keeps its workers'
+    CPUs/GPUs forever, starving the rest of the sweep. A file naming a live cluster is left alone.
+    Returns whether the file was rewritten.
+    """
+    import socket
+
+    try:
+        with open(path) as f:
+            named = f.read().strip()
+    except OSError:
+        return False
+    if not named or named == gcs_address:
+        return False
+    host, _, port = named.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=1):
+            return False  # someone's live cluster
+    except (OSError, ValueError):
+        pass
+    with open(path, "w") as f:
+        f.write(gcs_address)
+    return True
 
 
 def job_runtime_env_vars() -> dict:
