@@ -84,9 +84,14 @@ def start_ray_head(*args, env=None, timeout=120, before_start=None):
     if before_start:
         before_start(port)
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", **(env or {})}
+    # Every port of its own: the session's local Ray already holds the default agent and
+    # metrics ports, and a head whose dashboard agent cannot bind never accepts a job.
+    own_ports = [f"--{flag}={free_port()}" for flag in (
+        "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port",
+        "runtime-env-agent-port", "ray-client-server-port")]
     proc = subprocess.Popen(
         ["ray", "start", "--head", "--block", f"--port={port}", f"--dashboard-port={dash}",
-         "--dashboard-host=127.0.0.1", "--include-dashboard=true", "--disable-usage-stats",
+         "--dashboard-host=127.0.0.1", "--include-dashboard=true", "--disable-usage-stats", *own_ports,
          *[a.replace("{port}", str(port)) for a in args]],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     address = f"http://127.0.0.1:{dash}"
@@ -97,6 +102,7 @@ def start_ray_head(*args, env=None, timeout=120, before_start=None):
             stop_process_tree(proc)
             raise RuntimeError("ray start --head did not come up")
         time.sleep(2)
+    proc.gcs_port = port
     return proc, address, env
 
 
@@ -127,6 +133,14 @@ def stop_process_tree(proc):
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+    # `ray start` wrote Ray's "current cluster" pointer; do not leave it naming a dead cluster.
+    pointer = "/tmp/ray/ray_current_cluster"
+    port = getattr(proc, "gcs_port", None)
+    try:
+        if port and open(pointer).read().strip().endswith(f":{port}"):
+            os.remove(pointer)
+    except OSError:
+        pass
 
 
 def submit_job(address, env, entrypoint, runtime_env=None, wait=True, timeout=1200, working_dir=True):
@@ -142,7 +156,7 @@ def submit_job(address, env, entrypoint, runtime_env=None, wait=True, timeout=12
         cmd += ["--runtime-env-json", json.dumps(runtime_env)]
     if not wait:
         cmd.append("--no-wait")
-    deadline = time.time() + 90
+    deadline = time.time() + 180
     while True:
         out = subprocess.run(cmd + ["--", *entrypoint], env=env, capture_output=True, text=True, timeout=timeout)
         if "No available agent to submit job" not in out.stderr or time.time() > deadline:

@@ -174,10 +174,12 @@ def latest_state(run_dir):
 def train_worker_pids():
     """PIDs of the live Ray Train workers, from Ray's state API, checked to be processes of this
     test session's own cluster (descendants of this process)."""
+    import ray
     from ray.util.state import list_actors
 
     mine = {p.pid for p in psutil.Process(os.getpid()).children(recursive=True)}
-    actors = list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
+    actors = list_actors(address=ray.get_runtime_context().gcs_address,
+                         filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
     return [a.pid for a in actors if a.pid in mine]
 
 
@@ -187,7 +189,7 @@ def test_a_killed_worker_is_replaced_and_training_resumes(ray_cluster, staged, s
     box = {}
     runs = tmp_path / "runs"
     # model2's 13M weights are all-reduced every step: epochs of a few seconds, time to kill one.
-    t = threading.Thread(target=lambda: box.setdefault("out", train(tmp_path, staged, s3, epochs=5,
+    t = threading.Thread(target=lambda: box.setdefault("out", train(tmp_path, staged, s3, epochs=4,
                                                                      name="kill-test", model="model2")))
     t.start()
     deadline = time.time() + 300
@@ -205,7 +207,7 @@ def test_a_killed_worker_is_replaced_and_training_resumes(ray_cluster, staged, s
     t.join(timeout=600)
     assert killed, "no checkpoint appeared, or no worker to kill"
     epochs = box["out"].result["epochs"]
-    assert [e["epoch"] for e in epochs] == list(range(1, 6))  # every epoch exactly once
+    assert [e["epoch"] for e in epochs] == list(range(1, 5))  # every epoch exactly once
     history = latest_state(str(runs / "kill-test"))["history"]
     assert max(h["resumed_from_epoch"] for h in history) >= 1  # a restart really happened
 
@@ -218,60 +220,3 @@ def test_rerun_with_the_same_storage_resumes_the_epoch_count(ray_cluster, staged
     second = train(tmp_path, staged, s3, epochs=4, name="resume-test")
     assert [e["epoch"] for e in second.result["epochs"]] == [1, 2, 3, 4]
     assert second.result["epochs"][:2] == first.result["epochs"]  # not retrained
-
-
-@pytest.mark.ray
-@pytest.mark.slow
-def test_object_store_lost_mid_run_is_one_clear_error_then_resumes(ray_cluster, staged, s3, tmp_path):
-    """Checkpoints and data on an S3 endpoint that goes away mid-run: a clear error naming the
-    endpoint (not its credentials); the endpoint back, the same command resumes."""
-    from tinyray.data.storage import EmbeddedS3
-    from tinyray.train import run_training
-
-    uri, _ = staged
-    # A second endpoint onto the same in-process store (moto's state is per process), which
-    # this test may stop and restart on the same port.
-    store = EmbeddedS3(bucket="ckpts").start()
-    port = store.port
-    cfg = TrainConfig(model="model2", data=uri, workers=2, batch_size=8, epochs=5, lr=1e-3, name="lost-store",
-                      storage="s3://ckpts/runs", max_failures=1)
-    box = {}
-
-    def run():
-        try:
-            box["out"] = run_training(cfg, store.options)
-        except TinyrayError as e:
-            box["error"] = str(e)
-
-    t = threading.Thread(target=run)
-    t.start()
-    deadline = time.time() + 300
-    while time.time() < deadline and t.is_alive():
-        keys = storage_keys(store, "ckpts", "runs/lost-store/")
-        if any(k.endswith("checkpoint_manager_snapshot.json") for k in keys):
-            break
-        time.sleep(0.3)
-    store.stop()
-    t.join(timeout=600)
-    assert "error" in box, box
-    assert box["error"].startswith(f"training stopped: the object store at http://127.0.0.1:{port} became unreachable")
-    assert store.SECRET_KEY not in box["error"] and store.ACCESS_KEY not in box["error"]
-
-    again = EmbeddedS3(port=port, bucket=None).start()
-    try:
-        out = run_training(cfg, again.options)
-    finally:
-        again.stop()
-    epochs = out.result["epochs"]
-    assert [e["epoch"] for e in epochs] == [1, 2, 3, 4, 5]
-    assert max(e["resumed_from_epoch"] for e in epochs) >= 1  # continued from a checkpoint
-
-
-def storage_keys(store, bucket, prefix):
-    from tinyray.data.storage import s3_client
-
-    try:
-        listing = s3_client(store.options, attempts=1).list_objects_v2(Bucket=bucket, Prefix=prefix)
-    except Exception:  # noqa: BLE001 - the store may be mid-start
-        return []
-    return [o["Key"] for o in listing.get("Contents", [])]

@@ -203,7 +203,7 @@ REGISTRY: dict[str, ModelSpec] = {
         ModelSpec("model3", "seed: 5 VGG-style blocks with BN + Dense 4096/1024", 15_145_992,
                   _build_model3, SeedResult(84.26, 39.54, 15_145_992, 50 * 60 + 54)),
         ModelSpec("model4", "seed: 5 convs, BN, Dense 1024/512 with Dropout 0.5", 18_404_232,
-                  _build_model4, SeedResult(60.89, 42.40, 18_404_232, 37 * 60 + 26.42)),
+                  _build_model4, SeedResult(60.89, 42.40, 18_404_232, 37 * 60 + 26.42), head_inputs=512),
         ModelSpec("model5", "seed: ResNet50 base + MaxPool + Dense 1024", 25_890_888,
                   _resnet_head_builder("ResNet50",
                                        "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"),
