@@ -126,20 +126,15 @@ def _resnet_head_builder(application: str, weights_file: str):
         resolved = resolve_weights(weights, application, weights_file)
         try:
             base = base_cls(include_top=False, weights=resolved, input_shape=tuple(inputs.shape[1:]))
-        except (OSError, ValueError) as e:
-            if resolved == "imagenet":
-                raise TinyrayError(
-                    f"could not download the ImageNet weights for {application} "
-                    f"(offline?): {WEIGHTS_HELP}"
-                ) from e
-            raise TinyrayError(
-                f"{weights!r} is not a {application} weights file ({_first_line(e)}): {WEIGHTS_HELP}"
-            ) from e
         except Exception as e:  # keras' get_file wraps URL errors in a bare Exception
             if resolved == "imagenet":
                 raise TinyrayError(
                     f"could not download the ImageNet weights for {application} "
                     f"(offline?): {WEIGHTS_HELP}"
+                ) from e
+            if isinstance(e, (OSError, ValueError)):
+                raise TinyrayError(
+                    f"{weights!r} is not a {application} weights file ({_first_line(e)}): {WEIGHTS_HELP}"
                 ) from e
             raise
         # The base stays one nested layer (named resnet50 / resnet101), so its weights can be

@@ -20,6 +20,7 @@ from tinyray.data import storage
 from tinyray.data.storage import StorageOptions
 from tinyray.errors import TinyrayError
 from tinyray.models import REGISTRY, SEED_MODELS
+from tinyray.sweep import DRIVER_RESOURCE
 
 CSV_FIELDS = ("trial", "model", "optimizer", "lr", "status", "epochs_run", "best_epoch", "train_accuracy",
               "val_accuracy", "val_top5_accuracy", "gap", "params", "training_seconds", "images_per_second",
@@ -278,7 +279,7 @@ def build_report(meta: dict, trials: list[Trial]) -> dict[str, bytes]:
     cluster = meta["cluster"]
     sections.append("## Reproduce\n\n"
                     f"- Cluster: {cluster['nodes']} node(s): "
-                    + "; ".join(", ".join(f"{k} {v:g}" for k, v in sorted(n.items()) if k in ("CPU", "GPU", DRIVER_KEY))
+                    + "; ".join(", ".join(f"{k} {v:g}" for k, v in sorted(n.items()) if k in ("CPU", "GPU", DRIVER_RESOURCE))
                                 for n in cluster["resources"])
                     + f"; {cluster['max_concurrent_trials']} trials at a time.\n"
                     f"- Versions: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()) + "\n"
@@ -299,8 +300,6 @@ def build_report(meta: dict, trials: list[Trial]) -> dict[str, bytes]:
             "results.csv": out_csv.getvalue().encode(), "results.json": json.dumps(results, indent=1).encode(),
             **plots}
 
-
-DRIVER_KEY = "tinyray_driver"
 
 
 def _grid_cell(cell):
