@@ -192,9 +192,14 @@ def train_loop_per_worker(config: dict) -> None:
     start_epoch = 0
     resumed = ray.train.get_checkpoint()
     if resumed:
+        with strategy.scope():
+            # The optimizer's slot variables must exist before the read. tf.train.Checkpoint
+            # restores variables that do not exist yet lazily, when the first training step
+            # creates them; by then a checkpoint downloaded from S3 has left its temp folder.
+            model.optimizer.build(model.trainable_variables)
         with resumed.as_directory() as d:
             state = json.load(open(os.path.join(d, STATE_FILE)))
-            ckpt.read(os.path.join(d, CKPT_PREFIX)).expect_partial()
+            ckpt.read(os.path.join(d, CKPT_PREFIX)).assert_existing_objects_matched().expect_partial()
         history, start_epoch = state["history"], state["epochs_done"]
         print(f"rank {rank}: resuming {cfg.run_name} after epoch {start_epoch}", flush=True)
 
@@ -241,6 +246,9 @@ def train_loop_per_worker(config: dict) -> None:
                 "images_per_second": steps * cfg.global_batch / train_seconds,
                 "data_load_seconds": load_seconds if epoch == start_epoch else 0.0,
                 "resumed_from_epoch": start_epoch,
+                # Restored with the weights, so a resumed run continues the count: the test
+                # that optimizer state survived a restart.
+                "optimizer_step": int(model.optimizer.iterations.numpy()),
                 "world_size": int(round(n)),
                 "replicas_in_sync": bool(abs(s2 / n - (s1 / n) ** 2) < 0.5),
             }
@@ -424,7 +432,7 @@ def finish_run(cfg: TrainConfig, manifest: dict, checkpoint, wall_seconds: float
             "model": cfg.model,
             "run": cfg.run_name,
             "config": public,
-            "epochs": [{k: m[k] for k in EPOCH_KEYS + ("val_count", "resumed_from_epoch")} for m in state["history"]],
+            "epochs": [{k: m[k] for k in EPOCH_KEYS + ("val_count", "resumed_from_epoch", "optimizer_step")} for m in state["history"]],
             "params": int(model.count_params()),
             "wall_seconds": wall_seconds,
             "global_batch": cfg.global_batch,
