@@ -98,6 +98,67 @@ def test_mixed_precision_keeps_the_output_float32():
         keras.mixed_precision.set_global_policy("float32")
 
 
+def compiled_tinycnn(keras, seed):
+    from tinyray.models import create_model
+
+    keras.utils.set_random_seed(seed)
+    model = create_model("tinycnn", num_classes=4)
+    model.compile(optimizer=make_optimizer(keras, "adam", 1e-3), loss="sparse_categorical_crossentropy")
+    return model
+
+
+def test_a_checkpoint_restores_weights_and_optimizer_state_before_its_folder_goes(tmp_path):
+    """Resuming reads the checkpoint while its (downloaded, temporary) folder exists: once the
+    folder is gone, the optimizer's moments and step must already be the saved ones."""
+    import shutil
+
+    from tinyray.tfk import keras, tf
+    from tinyray.train import read_checkpoint, write_checkpoint
+
+    strategy = tf.distribute.get_strategy()
+    x = np.random.default_rng(0).random((16, 64, 64, 3), np.float32)
+    y = np.arange(16) % 4
+    saved = compiled_tinycnn(keras, seed=1)
+    saved.fit(x, y, batch_size=8, epochs=1, verbose=0)  # 2 steps: moments are non-zero
+    folder = tmp_path / "checkpoint"
+    folder.mkdir()
+    write_checkpoint(tf.train.Checkpoint(model=saved, optimizer=saved.optimizer), str(folder), {"epochs_done": 1})
+
+    fresh = compiled_tinycnn(keras, seed=2)
+    state = read_checkpoint(strategy, fresh, tf.train.Checkpoint(model=fresh, optimizer=fresh.optimizer),
+                            str(folder))
+    shutil.rmtree(folder)
+    assert state == {"epochs_done": 1}
+    assert int(fresh.optimizer.iterations) == 2
+    want, got = saved.optimizer.variables, fresh.optimizer.variables
+    assert len(got) == len(want) > 1
+    for a, b in zip(want, got):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    for a, b in zip(saved.weights, fresh.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    fresh.fit(x, y, batch_size=8, epochs=1, verbose=0)  # training goes on without the folder
+    assert int(fresh.optimizer.iterations) == 4
+
+
+@pytest.mark.parametrize("state,message", [
+    (None, None),  # a new run
+    ({"epochs_done": 2}, None),  # a checkpoint written before the model was recorded
+    ({"model": "tinycnn", "num_classes": 4}, None),
+    ({"model": "model2", "num_classes": 4}, "holds a checkpoint of model2 with 4 classes, not tinycnn with 4: "
+                                            "give another --name or --storage"),
+    ({"model": "tinycnn", "num_classes": 200}, "holds a checkpoint of tinycnn with 200 classes, not tinycnn with 4"),
+])
+def test_a_run_folder_resumes_only_the_same_model(state, message):
+    from tinyray.train import check_resumable
+
+    if message is None:
+        check_resumable(cfg(storage="/runs", name="r"), 4, state)
+    else:
+        with pytest.raises(TinyrayError) as e:
+            check_resumable(cfg(storage="/runs", name="r"), 4, state)
+        assert str(e.value).startswith("/runs/r holds a checkpoint of ") and message in str(e.value)
+
+
 def test_stale_cluster_pointer_is_repointed_but_a_live_one_is_kept(tmp_path):
     import socket
 
@@ -211,6 +272,9 @@ def test_a_killed_worker_is_replaced_and_training_resumes(ray_cluster, staged, s
     history = latest_state(str(runs / "kill-test"))["history"]
     assert max(h["resumed_from_epoch"] for h in history) >= 1  # a restart really happened
     assert [h["optimizer_step"] for h in history] == [h["epoch"] * history[0]["optimizer_step"] for h in history]
+    # the same --name for another model: refused in one line, before any worker starts
+    with pytest.raises(TinyrayError, match="holds a checkpoint of model2 with 4 classes, not tinycnn with 4"):
+        train(tmp_path, staged, s3, epochs=4, name="kill-test", model="tinycnn")
 
 
 @pytest.mark.ray

@@ -160,6 +160,28 @@ def weights_digest(model) -> int:
     return crc
 
 
+def write_checkpoint(ckpt, directory: str, state: dict) -> None:
+    """Weights + optimizer state (``ckpt``, a tf.train.Checkpoint) and the run's state.json."""
+    ckpt.write(os.path.join(directory, CKPT_PREFIX))
+    with open(os.path.join(directory, STATE_FILE), "w") as f:
+        json.dump(state, f)
+
+
+def read_checkpoint(strategy, model, ckpt, directory: str) -> dict:
+    """Restore what ``write_checkpoint`` wrote, now, and return its state.json.
+
+    The optimizer's slot variables are created first: tf.train.Checkpoint restores variables
+    that do not exist yet lazily, when the first training step creates them, and by then a
+    checkpoint that Ray downloaded from S3 has left its temporary folder. Every variable that
+    exists must match one in the checkpoint, so a checkpoint of another model fails here.
+    """
+    with strategy.scope():
+        model.optimizer.build(model.trainable_variables)
+    ckpt.read(os.path.join(directory, CKPT_PREFIX)).assert_existing_objects_matched().expect_partial()
+    with open(os.path.join(directory, STATE_FILE)) as f:
+        return json.load(f)
+
+
 def train_loop_per_worker(config: dict) -> None:
     import numpy as np
     import ray.train
@@ -192,14 +214,8 @@ def train_loop_per_worker(config: dict) -> None:
     start_epoch = 0
     resumed = ray.train.get_checkpoint()
     if resumed:
-        with strategy.scope():
-            # The optimizer's slot variables must exist before the read. tf.train.Checkpoint
-            # restores variables that do not exist yet lazily, when the first training step
-            # creates them; by then a checkpoint downloaded from S3 has left its temp folder.
-            model.optimizer.build(model.trainable_variables)
         with resumed.as_directory() as d:
-            state = json.load(open(os.path.join(d, STATE_FILE)))
-            ckpt.read(os.path.join(d, CKPT_PREFIX)).assert_existing_objects_matched().expect_partial()
+            state = read_checkpoint(strategy, model, ckpt, d)
         history, start_epoch = state["history"], state["epochs_done"]
         print(f"rank {rank}: resuming {cfg.run_name} after epoch {start_epoch}", flush=True)
 
@@ -256,9 +272,8 @@ def train_loop_per_worker(config: dict) -> None:
             # Every worker writes (MWMS reads ON_READ variables with a collective while
             # saving); only rank 0's copy is reported, the others' folders are dropped.
             with tempfile.TemporaryDirectory() as d:
-                ckpt.write(os.path.join(d, CKPT_PREFIX))
-                with open(os.path.join(d, STATE_FILE), "w") as f:
-                    json.dump({"epochs_done": epoch + 1, "history": history}, f)
+                write_checkpoint(ckpt, d, {"model": cfg.model, "num_classes": config["num_classes"],
+                                           "epochs_done": epoch + 1, "history": history})
                 checkpoint = ray.train.Checkpoint.from_directory(d) if rank == 0 else None
                 ray.train.report(metrics, checkpoint=checkpoint)
 
@@ -378,12 +393,44 @@ def build_trainer(cfg: TrainConfig, manifest: dict, opts: StorageOptions, callba
     )
 
 
+def run_dir_uri(cfg: TrainConfig) -> str:
+    return storage.join(cfg.storage if storage.is_s3(cfg.storage) else os.path.abspath(cfg.storage), cfg.run_name)
+
+
+# Ray Train's record of a run's registered checkpoints, in the run folder.
+CHECKPOINT_SNAPSHOT = "checkpoint_manager_snapshot.json"
+
+
+def last_checkpoint_state(cfg: TrainConfig, opts: StorageOptions) -> dict | None:
+    """state.json of the last checkpoint Ray Train registered in this run's folder, or None
+    for a new run (or a snapshot this Ray version writes differently: then Ray decides)."""
+    run_dir = run_dir_uri(cfg)
+    try:
+        snapshot = json.loads(storage.read_bytes(storage.join(run_dir, CHECKPOINT_SNAPSHOT), opts))
+        name = snapshot["latest_checkpoint_result"]["checkpoint_dir_name"]
+        return json.loads(storage.read_bytes(storage.join(run_dir, name, STATE_FILE), opts))
+    except (FileNotFoundError, KeyError, TypeError, ValueError):
+        return None
+
+
+def check_resumable(cfg: TrainConfig, num_classes: int, state: dict | None) -> None:
+    """A rerun resumes the run folder's checkpoint; one of another model or class count (the
+    same --name reused) cannot be resumed: say so before any worker starts."""
+    if not state or "model" not in state:
+        return
+    if (state["model"], state["num_classes"]) != (cfg.model, num_classes):
+        raise TinyrayError(
+            f"{run_dir_uri(cfg)} holds a checkpoint of {state['model']} with {state['num_classes']} classes, "
+            f"not {cfg.model} with {num_classes}: give another --name or --storage")
+
+
 def run_training(cfg: TrainConfig, opts: StorageOptions | None = None, address: str | None = None) -> TrainResult:
     """Train ``cfg.model`` on ``cfg.data``; write result.json and the final model; return both."""
     from tinyray.data.stage import load_manifest
 
     opts = opts or StorageOptions.from_env(cfg.endpoint_url)
     manifest = load_manifest(cfg.data, opts)  # no manifest → one clear line, before Ray starts
+    check_resumable(cfg, len(manifest["classes"]), last_checkpoint_state(cfg, opts))
     ensure_ray(opts, address)
     check_fits(cfg, cluster_nodes())
     started = time.perf_counter()
@@ -417,8 +464,7 @@ def finish_run(cfg: TrainConfig, manifest: dict, checkpoint, wall_seconds: float
 
     if checkpoint is None:
         raise TinyrayError(f"run {cfg.run_name} reported no checkpoint")
-    run_dir = storage.join(cfg.storage if storage.is_s3(cfg.storage) else os.path.abspath(cfg.storage),
-                           cfg.run_name)
+    run_dir = run_dir_uri(cfg)
     with checkpoint.as_directory() as d, tempfile.TemporaryDirectory() as out:
         state = json.load(open(os.path.join(d, STATE_FILE)))
         model = create_model(cfg.model, num_classes=len(manifest["classes"]))
