@@ -163,6 +163,21 @@ def test_stage_into_the_embedded_s3_endpoint(sample_release, s3, tmp_path):
     assert table.column_names == ["image", "label", "wnid", "file"]
 
 
+def test_storage_paths_are_absolute_locally_and_untouched_in_s3(monkeypatch, tmp_path):
+    from tinyray.data.storage import filesystem, join
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    assert join("~/runs", "r1") == f"{tmp_path}/home/runs/r1"
+    assert join("./runs/", "r1") == f"{tmp_path}/runs/r1"
+    assert join("file:///data/runs", "r1") == "/data/runs/r1"
+    assert join("s3://bucket/runs/", "r1", "ckpt") == "s3://bucket/runs/r1/ckpt"
+    # the folder a run is written to is the one its path names
+    assert filesystem("~/runs/r1", None)[1] == join("~/runs", "r1")
+    with pytest.raises(TinyrayError, match="storage must be s3://bucket/prefix or a local folder"):
+        join("gs://bucket/runs", "r1")
+
+
 def test_storage_options_come_from_the_aws_variables_and_hide_secrets():
     env = {"AWS_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_ACCESS_KEY_ID": "AKID",
            "AWS_SECRET_ACCESS_KEY": "SECRET", "AWS_REGION": "eu-west-1"}

@@ -15,7 +15,6 @@ import dataclasses
 import itertools
 import json
 import math
-import os
 import time
 from dataclasses import dataclass, field
 
@@ -238,7 +237,7 @@ def run_sweep(cfg: SweepConfig, data: str, opts: StorageOptions | None = None, r
                    else cfg.max_concurrent_trials)
     fs, exp_path = storage.filesystem(cfg.storage, opts)
     exp_uri = cfg.experiment_uri
-    train_runs = storage.join(exp_uri if storage.is_s3(exp_uri) else os.path.abspath(exp_uri), "train-runs")
+    train_runs = storage.join(exp_uri, "train-runs")
     scheduler = (ASHAScheduler(time_attr="training_iteration", max_t=cfg.epochs, grace_period=cfg.grace_period,
                                reduction_factor=cfg.reduction_factor)
                  if cfg.scheduler == "asha" else FIFOScheduler())

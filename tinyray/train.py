@@ -394,7 +394,7 @@ def build_trainer(cfg: TrainConfig, manifest: dict, opts: StorageOptions, callba
 
 
 def run_dir_uri(cfg: TrainConfig) -> str:
-    return storage.join(cfg.storage if storage.is_s3(cfg.storage) else os.path.abspath(cfg.storage), cfg.run_name)
+    return storage.join(cfg.storage, cfg.run_name)
 
 
 # Ray Train's record of a run's registered checkpoints, in the run folder.

@@ -73,9 +73,16 @@ def split_s3(uri: str) -> tuple[str, str]:
     return parsed.netloc, parsed.path.strip("/")
 
 
+def local_path(uri: str) -> str:
+    """A local folder argument as an absolute path: ``~`` expanded, ``file://`` dropped."""
+    if "://" in uri and not uri.startswith("file://"):
+        raise TinyrayError(f"{uri!r}: storage must be s3://bucket/prefix or a local folder")
+    return os.path.abspath(os.path.expanduser(uri.removeprefix("file://")))
+
+
 def join(uri: str, *parts: str) -> str:
-    """Join path parts onto a URI or local path with '/' (``~`` expands in local paths)."""
-    out = (uri if is_s3(uri) else os.path.expanduser(uri)).rstrip("/")
+    """Join path parts onto an s3:// URI or a local path (made absolute) with '/'."""
+    out = (uri if is_s3(uri) else local_path(uri)).rstrip("/")
     for p in parts:
         out += "/" + p.strip("/")
     return out
@@ -86,10 +93,7 @@ def filesystem(uri: str, opts: StorageOptions):
     import pyarrow.fs as pafs
 
     if not is_s3(uri):
-        if "://" in uri and not uri.startswith("file://"):
-            raise TinyrayError(f"{uri!r}: storage must be s3://bucket/prefix or a local folder")
-        path = os.path.abspath(os.path.expanduser(uri.removeprefix("file://")))
-        return pafs.LocalFileSystem(), path
+        return pafs.LocalFileSystem(), local_path(uri)
     bucket, key = split_s3(uri)
     kwargs = {"region": opts.region}
     if opts.endpoint_url:
