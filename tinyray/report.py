@@ -363,10 +363,11 @@ def _inline(text: str) -> str:
     return re.sub(r"`(.+?)`", r"<code>\1</code>", t)
 
 
-def write_report(uri: str, opts: StorageOptions | None = None) -> str:
-    """Build the report for the experiment at ``uri`` and write it there; return report.md's URI."""
+def write_report(uri: str, opts: StorageOptions | None = None, experiment: tuple | None = None) -> str:
+    """Build the report for the experiment at ``uri`` and write it there; return report.md's URI.
+    ``experiment`` is what ``load_experiment(uri)`` returned, for a caller that already has it."""
     opts = opts or StorageOptions.from_env()
-    meta, trials = load_experiment(uri, opts)
+    meta, trials = experiment or load_experiment(uri, opts)
     if not trials:
         raise TinyrayError(f"{uri} has no trials yet")
     for name, data in build_report(meta, trials).items():

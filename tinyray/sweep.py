@@ -220,6 +220,7 @@ def run_sweep(cfg: SweepConfig, data: str, opts: StorageOptions | None = None, r
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
+    from tinyray.data.pipeline import steps_per_epoch
     from tinyray.data.stage import load_manifest
     from tinyray.train import check_fits, cluster_nodes
 
@@ -229,9 +230,7 @@ def run_sweep(cfg: SweepConfig, data: str, opts: StorageOptions | None = None, r
     nodes, max_nodes = cluster_capacity(live, cluster_config)
     first = cfg.train_config(cfg.trials()[0], data)
     check_fits(first, nodes, max_nodes)
-    from tinyray.data.pipeline import steps_per_epoch
-
-    steps_per_epoch(manifest["train"]["count"], cfg.batch_size, cfg.workers)
+    steps_per_epoch(manifest["train"]["count"], cfg.batch_size, cfg.workers)  # ≥ 1 batch, or one clear line
 
     concurrency = (auto_concurrency(cfg, nodes, max_nodes) if cfg.max_concurrent_trials == "auto"
                    else cfg.max_concurrent_trials)
@@ -313,7 +312,7 @@ def train_all(config_path: str | None, overrides: dict, data: str | None = None,
     from tinyray.data.sample import SampleSpec, write_sample
     from tinyray.data.stage import StageConfig, stage_dataset
     from tinyray.data.storage import EmbeddedS3
-    from tinyray.report import write_report
+    from tinyray.report import load_experiment, write_report
     from tinyray.train import ensure_ray
 
     cfg = load_sweep(config_path, overrides)
@@ -337,12 +336,11 @@ def train_all(config_path: str | None, overrides: dict, data: str | None = None,
             raise TinyrayError(f"experiment {exp} exists: pass --resume to continue it, or --name for a new one")
         ensure_ray(opts, address, driver_slots=True)
         run_sweep(cfg, data, opts, resume=resume, cluster_config=cluster_config)
-        report = write_report(exp, opts)
+        experiment = load_experiment(exp, opts)
+        report = write_report(exp, opts, experiment)
         print(f"report: {report} (and report.html, results.csv, results.json beside it)", flush=True)
         print(f"dashboards: tensorboard --logdir {exp}", flush=True)
-        from tinyray.report import load_experiment
-
-        trials = load_experiment(exp, opts)[1]
+        trials = experiment[1]
         if trials and all(t.status == "failed" for t in trials):
             raise TinyrayError(f"every trial failed (see {report}); the first: {trials[0].error}")
         return report

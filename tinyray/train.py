@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 from tinyray.config import TrainConfig
 from tinyray.data import storage
+from tinyray.data.pipeline import IngestConfig
 from tinyray.data.storage import StorageOptions
 from tinyray.errors import TinyrayError
 
@@ -52,9 +53,9 @@ def make_optimizer(keras, name: str, lr: float, momentum: float = 0.9):
     raise TinyrayError(f"unknown optimizer {name!r}")
 
 
-# CPU kept free beside a run's Train workers for Ray Data's Parquet reads (IngestConfig.read_cpus):
-# workers holding every CPU would leave the reads unschedulable and the run would hang.
-DATA_CPUS = 0.25
+# CPU kept free beside a run's Train workers for Ray Data's Parquet reads: workers holding every
+# CPU would leave the reads unschedulable and the run would hang.
+DATA_CPUS = IngestConfig.read_cpus
 
 
 def check_fits(cfg: TrainConfig, nodes: list[dict], max_nodes: list[dict] | None = None) -> None:
@@ -186,8 +187,8 @@ def train_loop_per_worker(config: dict) -> None:
     import numpy as np
     import ray.train
 
-    from tinyray.data.pipeline import (IngestConfig, eval_batches, load_into_memory, memory_train_dataset,
-                                       rank_of, stream_train_dataset)
+    from tinyray.data.pipeline import (eval_batches, load_into_memory, memory_train_dataset, rank_of,
+                                       stream_train_dataset)
     from tinyray.models import create_model
 
     cfg = TrainConfig.from_dict(config["train"])
@@ -367,7 +368,7 @@ def build_trainer(cfg: TrainConfig, manifest: dict, opts: StorageOptions, callba
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.tensorflow import TensorflowTrainer
 
-    from tinyray.data.pipeline import IngestConfig, data_config, steps_per_epoch, train_datasets
+    from tinyray.data.pipeline import data_config, steps_per_epoch, train_datasets
 
     steps = steps_per_epoch(manifest["train"]["count"], cfg.batch_size, cfg.workers)
     fs, path = storage.filesystem(cfg.storage, opts)

@@ -2,7 +2,7 @@
 per-worker shards → decoded 64x64x3 uint8 → the seed's preprocessing (÷255, random horizontal
 flip on train only) → a tf.data dataset per worker.
 
-Two ingest modes, chosen by ``DataConfig.cache``:
+Two ingest modes, chosen by ``IngestConfig.cache`` (``--cache``):
 
 * ``memory`` (default): each worker streams its shard once (Ray Data reads the Parquet shards
   in parallel), decodes the JPEGs once into a uint8 array — Tiny ImageNet's whole train split
@@ -37,7 +37,7 @@ CACHE_MODES = ("memory", "stream")
 class IngestConfig:
     cache: str = "memory"
     # Ray Data tasks need CPUs that the Train workers do not hold; fractional CPUs let reads run
-    # beside the workers on a small node. train.DATA_CPUS keeps this much free per run.
+    # beside the workers on a small node. Sizing a run keeps this much free (train.DATA_CPUS).
     read_cpus: float = 0.25
     decode_batch: int = 512
 
