@@ -16,20 +16,17 @@ images delivered / wall seconds. Prints one JSON object with the rates and the r
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import os
-import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from _setup import staged_sample
 
-from tinyray.data import storage  # noqa: E402
-from tinyray.data.pipeline import (IngestConfig, load_into_memory, memory_train_dataset,  # noqa: E402
-                                   read_split, stream_train_dataset)
-from tinyray.data.sample import SampleSpec, write_sample  # noqa: E402
-from tinyray.data.stage import StageConfig, stage_dataset  # noqa: E402
+from tinyray.data import storage
+from tinyray.data.pipeline import (IngestConfig, load_into_memory, memory_train_dataset, read_split,
+                                   stream_train_dataset)
+from tinyray.data.sample import SampleSpec
 
 
 def bench_tinyray(uri, manifest, opts, epochs, batch, cache):
@@ -101,12 +98,11 @@ def main(argv=None):
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     classes = 20
     with tempfile.TemporaryDirectory() as tmp, storage.EmbeddedS3() as s3:
-        top = write_sample(tmp, SampleSpec(classes=classes, train_per_class=args.images // classes,
-                                           val_per_class=2, test_images=0))
         opts = s3.options
-        manifest = stage_dataset(StageConfig(top, "s3://tinyray/bench", rows_per_shard=500,
-                                             progress=False), opts)
-        paths = sorted(glob.glob(os.path.join(top, "train", "*", "images", "*.JPEG")))
+        top, manifest, paths = staged_sample(
+            tmp, opts, "s3://tinyray/bench",
+            SampleSpec(classes=classes, train_per_class=args.images // classes, val_per_class=2, test_images=0),
+            rows_per_shard=500)
         client = storage.s3_client(opts)
         from concurrent.futures import ThreadPoolExecutor
 

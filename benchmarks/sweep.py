@@ -12,18 +12,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from _setup import staged_sample
 
-from tinyray.data import storage  # noqa: E402
-from tinyray.data.sample import SampleSpec, write_sample  # noqa: E402
-from tinyray.data.stage import StageConfig, stage_dataset  # noqa: E402
-from tinyray.report import best_per_model, load_experiment  # noqa: E402
-from tinyray.sweep import load_sweep, run_sweep  # noqa: E402
-from tinyray.train import repoint_stale_cluster_file  # noqa: E402
+from tinyray.data import storage
+from tinyray.data.sample import SampleSpec
+from tinyray.report import best_per_model, load_experiment
+from tinyray.sweep import load_sweep, run_sweep
+from tinyray.train import repoint_stale_cluster_file
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 
@@ -39,9 +37,9 @@ def main(argv=None):
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     out = {}
     with tempfile.TemporaryDirectory() as tmp, storage.EmbeddedS3() as s3:
-        top = write_sample(tmp, SampleSpec(classes=10, train_per_class=40, val_per_class=10))
         uri = "s3://tinyray/sweep-bench"
-        stage_dataset(StageConfig(top, uri, rows_per_shard=100, progress=False), s3.options)
+        staged_sample(tmp, s3.options, uri, SampleSpec(classes=10, train_per_class=40, val_per_class=10),
+                      rows_per_shard=100)
         ray.init(address="local", num_cpus=os.cpu_count(), resources={"tinyray_driver": os.cpu_count()},
                  runtime_env={"env_vars": {**s3.env, "TF_USE_LEGACY_KERAS": "1"}}, log_to_driver=False)
         repoint_stale_cluster_file(ray.get_runtime_context().gcs_address)

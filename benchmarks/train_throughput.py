@@ -18,17 +18,15 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from _setup import staged_sample
 
-from tinyray.config import TrainConfig  # noqa: E402
-from tinyray.data import storage  # noqa: E402
-from tinyray.data.pipeline import memory_train_dataset  # noqa: E402
-from tinyray.data.sample import SampleSpec, write_sample  # noqa: E402
-from tinyray.data.stage import StageConfig, stage_dataset  # noqa: E402
+from tinyray.config import TrainConfig
+from tinyray.data import storage
+from tinyray.data.pipeline import memory_train_dataset
+from tinyray.data.sample import SampleSpec
 
 
 def plain_fit(model_name, images, labels, num_classes, batch, epochs):
@@ -79,15 +77,13 @@ def main(argv=None):
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     classes = 16
     with tempfile.TemporaryDirectory() as tmp, storage.EmbeddedS3() as s3:
-        top = write_sample(tmp, SampleSpec(classes=classes, train_per_class=args.images // classes,
-                                           val_per_class=2, test_images=0))
         uri = "s3://tinyray/throughput"
-        stage_dataset(StageConfig(top, uri, rows_per_shard=256, progress=False), s3.options)
+        top, _, paths = staged_sample(
+            tmp, s3.options, uri,
+            SampleSpec(classes=classes, train_per_class=args.images // classes, val_per_class=2, test_images=0),
+            rows_per_shard=256)
 
         # plain: the very same JPEGs, decoded into memory by the same function
-        import glob
-
-        paths = sorted(glob.glob(os.path.join(top, "train", "*", "images", "*.JPEG")))
         wnids = sorted(os.listdir(os.path.join(top, "train")))
         images = decode_jpegs([open(p, "rb").read() for p in paths])
         labels = np.array([wnids.index(p.split(os.sep)[-3]) for p in paths], np.int32)
