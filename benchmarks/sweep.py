@@ -21,10 +21,7 @@ from tinyray.data import storage
 from tinyray.data.sample import SampleSpec
 from tinyray.report import best_per_model, load_experiment
 from tinyray.sweep import load_sweep, run_sweep
-from tinyray.train import repoint_stale_cluster_file
-
-ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
-
+from tinyray.cluster import repoint_stale_cluster_file
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -45,7 +42,7 @@ def main(argv=None):
         repoint_stale_cluster_file(ray.get_runtime_context().gcs_address)
         try:
             for scheduler in ("fifo", "asha"):
-                cfg = load_sweep(os.path.join(ROOT, "sweeps", "grid.yaml"), {
+                cfg = load_sweep("grid", {
                     "models": args.models.split(","), "scheduler": scheduler, "epochs": args.epochs,
                     "gpus_per_worker": 0, "cpus_per_worker": 1, "batch_size": 16, "workers": 1,
                     "storage": os.path.join(tmp, "exp"), "name": f"bench-{scheduler}"})
@@ -59,7 +56,8 @@ def main(argv=None):
                     "wall_seconds": round(wall, 1),
                     "best": {"model": winner.model, "optimizer": winner.optimizer, "lr": winner.lr,
                              "val_accuracy": round(winner.best["val_accuracy"], 4)},
-                    "epochs": cfg.epochs, "grace_period": cfg.grace_period, "reduction_factor": cfg.reduction_factor,
+                    "epochs": cfg.train["epochs"], "grace_period": cfg.scheduler.grace_period,
+                    "reduction_factor": cfg.scheduler.reduction_factor,
                 }
         finally:
             ray.shutdown()

@@ -51,7 +51,7 @@ def ray_cluster(s3):
     through the runtime environment, as on a real cluster."""
     import ray
 
-    from tinyray.train import repoint_stale_cluster_file
+    from tinyray.cluster import repoint_stale_cluster_file
 
     ray.init(address="local", num_cpus=4, resources={"tinyray_driver": 4},
              runtime_env={"env_vars": {**s3.env, "TF_USE_LEGACY_KERAS": "1", "RAY_AUTH_MODE": "disabled"}},

@@ -90,6 +90,37 @@ def test_fake_cluster_config_mirrors_the_aws_node_types():
     assert fake["available_node_types"]["gpu_1x"]["resources"]["GPU"] == 1
 
 
+def test_cluster_capacity_counts_what_the_autoscaler_can_reach():
+    from tinyray.cluster import auto_concurrency, cluster_capacity, load_cluster_config
+    from tinyray.sweep import load_sweep
+
+    config = load_cluster_config(os.path.join(ROOT, "cluster", "aws-gpu.yaml"))
+    nodes, extra = cluster_capacity([{"CPU": 0, "tinyray_driver": 32}], config)
+    assert nodes == [{"CPU": 0, "tinyray_driver": 32}]
+    assert extra.count({"CPU": 4, "GPU": 1}) == 8 and extra.count({"CPU": 48, "GPU": 4}) == 2
+    seed = load_sweep(os.path.join(ROOT, "sweeps", "seed.yaml")).expand("s3://b/d")
+    # 8 g5.xlarge (1 trial each at 3 CPUs + 1 GPU) + 2 g5.12xlarge (4 GPU each) = 16 slots; 6 trials
+    assert auto_concurrency(seed, nodes, extra) == 6
+    assert cluster_capacity([{"CPU": 2}], None) == ([{"CPU": 2}], [])
+
+
+def test_stale_cluster_pointer_is_repointed_but_a_live_one_is_kept(tmp_path):
+    import socket
+
+    from tinyray.cluster import repoint_stale_cluster_file
+
+    pointer = tmp_path / "ray_current_cluster"
+    pointer.write_text("127.0.0.1:9")  # nothing listens on port 9
+    assert repoint_stale_cluster_file("127.0.0.1:6379", str(pointer)) is True
+    assert pointer.read_text() == "127.0.0.1:6379"
+    with socket.socket() as live:
+        live.bind(("127.0.0.1", 0))
+        live.listen()
+        pointer.write_text(f"127.0.0.1:{live.getsockname()[1]}")
+        assert repoint_stale_cluster_file("127.0.0.1:6379", str(pointer)) is False
+    assert repoint_stale_cluster_file("127.0.0.1:6379", str(tmp_path / "missing")) is False
+
+
 # ------------------------------------------------------ autoscaling on the fake provider (slow)
 
 
@@ -107,8 +138,8 @@ def test_a_gpu_sweep_makes_the_autoscaler_add_and_remove_nodes(staged, s3, tmp_p
             yaml.safe_dump(cfg).replace("{port}", str(port))))
     try:
         sweep = tmp_path / "gpu.yaml"
-        sweep.write_text("models: [tinycnn]\noptimizers: [adam]\nlearning_rates: [3.0e-3, 1.0e-3]\nepochs: 2\n"
-                         "batch_size: 16\nworkers: 1\ncpus_per_worker: 1\ngpus_per_worker: 1\nname: fake-gpu\n")
+        sweep.write_text("name: fake-gpu\ntrain: {model: tinycnn, epochs: 2, batch_size: 16, workers: 1, "
+                         "cpus_per_worker: 1, gpus_per_worker: 1}\ngrid: {lr: [3.0e-3, 1.0e-3]}\n")
         uri, _ = staged
         runtime_env = {"env_vars": {**s3.env, "TINYRAY_ALLOW_MISSING_GPU": "1"}}
         # No --working-dir here: fake nodes share one Ray session folder, and a fake node that

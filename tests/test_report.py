@@ -5,8 +5,11 @@ import json
 
 import pytest
 
-from tinyray.report import (Trial, best_per_model, build_report, lr_grid, parse_trial, seed_table,
-                            trial_row, trial_status)
+from tinyray.config import TrainConfig
+from tinyray.report import (Trial, axis_columns, best_per_model, build_report, failure_line, lr_grid, parse_trial,
+                            seed_table, trial_row, trial_status)
+
+BASE = {"data": "s3://b/d", "epochs": 3, "batch_size": 16}
 
 
 def epochs(*vals, train_offset=0.1, seconds=2.0, ips=100.0):
@@ -27,30 +30,50 @@ def test_trial_status(history, planned, error, scheduler, status):
 
 
 def test_parse_trial_keeps_each_epoch_once_from_tunes_result_lines():
-    params = {"trial": {"model": "model2", "optimizer": "adam", "lr": 1e-4}, "sweep": {"epochs": 3}}
+    params = {"model": "model2", "optimizer": "adam", "lr": 1e-4}
     lines = [json.dumps({**e, "training_iteration": e["epoch"], "config": params}) for e in epochs(0.1, 0.2)]
     # a restarted trial re-reports epoch 2: the last report wins, no duplicate
     lines.append(json.dumps({**epochs(0.1, 0.25)[1], "config": params}))
     lines.append(json.dumps({**epochs(0.1, 0.25, 0.3)[2], "config": params}))
-    t = parse_trial("trial_00001", params, "\n".join(lines) + "\n", None, "fifo")
+    t = parse_trial("trial_00001", params, BASE, "\n".join(lines) + "\n", None, "fifo")
     assert [e["epoch"] for e in t.history] == [1, 2, 3]
+    # the trial's config is the sweep's base with its axes over it
+    assert t.config == TrainConfig(model="model2", data="s3://b/d", epochs=3, batch_size=16, lr=1e-4).to_dict()
     assert t.history[1]["val_accuracy"] == 0.25 and t.status == "completed"
     assert "config" not in t.history[0]
 
 
-def test_parse_trial_keeps_the_last_line_of_the_error():
-    params = {"trial": {"model": "model5", "optimizer": "sgd", "lr": 1e-2}, "sweep": {"epochs": 3}}
-    t = parse_trial("t", params, "", "Traceback...\n  File x\nTinyrayError: out of memory\n", "fifo")
-    assert t.status == "failed" and t.error == "TinyrayError: out of memory"
+@pytest.mark.parametrize("text,line", [
+    # what Tune's error.txt holds when a trial's run raised tinyray's one-line error
+    ("Failure # 1 (occurred at 2026-11-29)\nray::ImplicitFunc.train() (pid=1)\n  File \"x.py\", line 3\n"
+     "tinyray.errors.TinyrayError: training r failed after 3 retries: boom\n",
+     "training r failed after 3 retries: boom"),
+    ("Traceback...\n  File x\nRuntimeError: out of memory\n\n", "RuntimeError: out of memory"),
+    ("", None),
+    (None, None),
+])
+def test_a_failed_trial_shows_the_line_tinyray_train_prints(text, line):
+    assert failure_line(text) == line
+
+
+def test_parse_trial_of_a_failed_trial():
+    t = parse_trial("t", {"model": "model5", "optimizer": "sgd", "lr": 1e-2}, BASE, "",
+                    "Traceback...\ntinyray.errors.TinyrayError: out of memory\n", "fifo")
+    assert t.status == "failed" and t.error == "out of memory"
+
+
+def trial(name, model, optimizer, lr, history, **kw):
+    axes = {"model": model, "optimizer": optimizer, "lr": lr}
+    return Trial(name, axes, TrainConfig.from_dict({**BASE, **axes}).to_dict(), history, **kw)
 
 
 def make_trials():
     return [
-        Trial("a", "model1", "adam", 1e-4, 3, epochs(0.2, 0.3, 0.35)),
-        Trial("b", "model1", "sgd", 1e-3, 3, epochs(0.1, 0.15, 0.2)),
-        Trial("c", "model2", "adam", 1e-4, 3, epochs(0.3, 0.5, 0.45)),
-        Trial("d", "model2", "sgd", 1e-3, 3, epochs(0.1), status="stopped early"),
-        Trial("e", "model5", "adam", 1e-4, 3, [], error="RuntimeError: boom", status="failed"),
+        trial("a", "model1", "adam", 1e-4, epochs(0.2, 0.3, 0.35)),
+        trial("b", "model1", "sgd", 1e-3, epochs(0.1, 0.15, 0.2)),
+        trial("c", "model2", "adam", 1e-4, epochs(0.3, 0.5, 0.45)),
+        trial("d", "model2", "sgd", 1e-3, epochs(0.1), status="stopped early"),
+        trial("e", "model5", "adam", 1e-4, [], error="RuntimeError: boom", status="failed"),
     ]
 
 
@@ -79,15 +102,22 @@ def test_lr_grid_marks_stopped_trials():
 
 
 def test_build_report_writes_every_file_self_contained():
-    meta = {"sweep": {"name": "t", "scheduler": "asha", "epochs": 3, "batch_size": 16, "workers": 1},
-            "data": "s3://b/d", "dataset": {"classes": 200, "train": 100000, "val": 10000, "skipped": 0},
+    meta = {"sweep": {"name": "t", "storage": "s3://b/exp", "train": BASE,
+                      "grid": {"model": ["model1", "model2", "model5"], "optimizer": ["adam", "sgd"]},
+                      "scheduler": {"type": "asha"}},
+            "data": "s3://b/d", "source": {"config": "sweeps/grid.yaml", "embedded_default": False}, "dataset": {"classes": 200, "train": 100000, "val": 10000, "skipped": 0},
             "cluster": {"nodes": 1, "resources": [{"CPU": 2.0, "memory": 1e9}], "max_concurrent_trials": 2},
             "versions": {"ray": "2.60.0"}, "started": "now", "endpoint": "http://127.0.0.1:9"}
     files = build_report(meta, make_trials())
     assert {"report.md", "report.html", "results.csv", "results.json", "train_accuracy.png",
             "val_accuracy.png"} <= set(files)
     md = files["report.md"].decode()
-    assert "**model2** with adam at lr 0.0001" in md  # the best model overall
+    assert "**model2** (optimizer=adam lr=0.0001)" in md  # the best model overall
+    assert "`train-runs/model2-adam-lr0.0001-b16x1-e3-s0`" in md  # where its model.keras is
+    assert "3 epochs, batch 16 per worker × 1 worker(s)" in md
+    # the Reproduce line runs as written: the effective sweep file beside the report, and --data
+    assert ("`ray job submit --working-dir . -- python jobs/train_all.py --config s3://b/exp/t/sweep.yaml "
+            "--data s3://b/d --name t-rerun`") in md
     assert "RuntimeError: boom" in md and "stopped early" in md
     html = files["report.html"].decode()
     assert html.count("data:image/png;base64,") == 2 and 'src="http' not in html
@@ -96,3 +126,24 @@ def test_build_report_writes_every_file_self_contained():
     results = json.loads(files["results.json"])
     assert results["best"]["model"] == "model2" and len(results["trials"][0]["history"]) == 3
     assert files["train_accuracy.png"][:4] == b"\x89PNG"
+
+
+def test_every_grid_axis_is_a_report_column():
+    base = {**BASE, "model": "tinycnn"}
+    trials = [Trial(n, axes, TrainConfig.from_dict({**base, **axes}).to_dict(), epochs(0.2))
+              for n, axes in (("a", {"batch_size": 8, "flip": False}), ("b", {"batch_size": 32, "flip": True}))]
+    assert axis_columns(trials) == ["model", "optimizer", "lr", "batch_size", "flip"]
+    assert trials[0].variant == "batch_size=8 flip=False"
+    meta = {"sweep": {"name": "v", "storage": "/exp", "train": base,
+                      "grid": {"batch_size": [8, 32], "flip": [False, True]}, "scheduler": {"type": "fifo"}},
+            "data": "s3://tinyray/sample", "source": {"config": None, "embedded_default": True},
+            "dataset": {"classes": 4, "train": 96, "val": 24, "skipped": 0},
+            "cluster": {"nodes": 1, "resources": [{"CPU": 2.0}], "max_concurrent_trials": 2},
+            "versions": {"ray": "2.60.0"}, "started": "now", "endpoint": "http://127.0.0.1:9"}
+    files = build_report(meta, trials)
+    rows = list(csv.DictReader(io.StringIO(files["results.csv"].decode())))
+    assert [(r["batch_size"], r["flip"]) for r in rows] == [("8", "False"), ("32", "True")]
+    md = files["report.md"].decode()
+    assert "| model | optimizer | lr | batch_size | flip | status |" in md
+    assert "batch varies per worker" in md
+    assert "embedded default" in md and "`python jobs/train_all.py --config /exp/v/sweep.yaml --name v-rerun`" in md

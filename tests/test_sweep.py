@@ -11,59 +11,126 @@ from ray.job_submission import JobStatus, JobSubmissionClient
 
 from conftest import start_ray_head, stop_process_tree, submit_job
 from tinyray.errors import TinyrayError
-from tinyray.sweep import SweepConfig, auto_concurrency, load_sweep, trial_resources
+from tinyray.cluster import auto_concurrency, trial_resources
+from tinyray.config import TrainConfig
+from tinyray.sweep import SchedulerConfig, SweepConfig, load_sweep, parse_sweep
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(ROOT, "sweeps", "*.yaml"))))
-def test_every_shipped_sweep_config_loads(path):
+def test_every_shipped_sweep_file_loads_by_path_and_by_name(path):
     cfg = load_sweep(path)
-    assert cfg.trials()
+    assert cfg.expand("s3://b/d")
+    name = os.path.basename(path)[:-5]
+    assert load_sweep(name) == cfg  # shipped inside the package: `--config grid` works anywhere
 
 
 def test_grid_yaml_is_six_models_by_four_optimizers_by_three_lrs():
     cfg = load_sweep(os.path.join(ROOT, "sweeps", "grid.yaml"))
-    assert len(cfg.trials()) == 6 * 4 * 3 and cfg.scheduler == "asha"
-    assert {t["optimizer"] for t in cfg.trials()} == {"adam", "rmsprop", "sgd", "nadam"}
+    trials = cfg.expand("s3://b/d")
+    assert len(trials) == 6 * 4 * 3 and cfg.scheduler == SchedulerConfig("asha", 2, 3)
+    assert {t.optimizer for t in trials} == {"adam", "rmsprop", "sgd", "nadam"}
+    assert {t.lr for t in trials} == {1e-3, 1e-4, 1e-5} and {t.gpus_per_worker for t in trials} == {1}
 
 
 def test_seed_yaml_is_the_seeds_experiment():
-    cfg = load_sweep(os.path.join(ROOT, "sweeps", "seed.yaml"))
-    assert cfg.trials() == [{"model": f"model{i}", "optimizer": "adam", "lr": 1e-4} for i in range(1, 7)]
+    trials = load_sweep(os.path.join(ROOT, "sweeps", "seed.yaml")).expand("s3://b/d")
+    assert [(t.model, t.optimizer, t.lr, t.flip) for t in trials] == [
+        (f"model{i}", "adam", 1e-4, True) for i in range(1, 7)]
 
 
-def test_flags_override_the_file(tmp_path):
-    path = tmp_path / "s.yaml"
-    path.write_text("models: [model1]\nepochs: 5\nscheduler: fifo\n")
-    cfg = load_sweep(str(path), {"epochs": 2, "scheduler": "asha", "name": None})
-    assert (cfg.epochs, cfg.scheduler, cfg.name) == (2, "asha", "tinyray-sweep")
+def test_a_sweep_expands_to_base_plus_every_combination_of_its_axes():
+    cfg = parse_sweep("train: {model: tinycnn, epochs: 2, lr: 1e-3}\n"
+                      "grid: {optimizer: [adam, sgd], batch_size: [8, 16]}\n")
+    base = dict(model="tinycnn", data="s3://b/d", epochs=2, lr=1e-3, storage="/exp/train-runs")
+    assert cfg.combinations() == [{"optimizer": "adam", "batch_size": 8}, {"optimizer": "adam", "batch_size": 16},
+                                  {"optimizer": "sgd", "batch_size": 8}, {"optimizer": "sgd", "batch_size": 16}]
+    assert cfg.expand("s3://b/d", "/exp/train-runs") == [
+        TrainConfig(**base, optimizer="adam", batch_size=8), TrainConfig(**base, optimizer="adam", batch_size=16),
+        TrainConfig(**base, optimizer="sgd", batch_size=8), TrainConfig(**base, optimizer="sgd", batch_size=16)]
+    # no grid: one trial, the base
+    assert parse_sweep("train: {model: tinycnn}").expand("d") == [TrainConfig(model="tinycnn", data="d")]
+
+
+def test_any_trainconfig_field_is_an_axis():
+    import dataclasses
+
+    from tinyray.config import FIELDS
+
+    for name, f in FIELDS.items():
+        if name in ("model", "data", "storage", "name", "endpoint_url"):
+            continue
+        value = f.default
+        cfg = SweepConfig(train={"model": "tinycnn"}, grid={name: [value]})
+        assert [getattr(t, name) for t in cfg.expand("d")] == [value]
+        assert dataclasses.replace(cfg.expand("d")[0]) == TrainConfig(model="tinycnn", data="d")
+
+
+def test_flags_override_the_file():
+    text = ("name: f\ntrain: {epochs: 5, batch_size: 8}\ngrid: {model: [model1, model2], lr: [1e-3, 1e-4]}\n"
+            "scheduler: {type: fifo, grace_period: 1}\n")
+    cfg = parse_sweep(text, overrides={"epochs": 2, "lr": 3e-3, "scheduler": "asha", "models": ["tinycnn"],
+                                       "name": None, "data": "s3://b/d"})
+    assert cfg.name == "f" and cfg.scheduler == SchedulerConfig("asha", 1, 3)
+    assert cfg.train == {"epochs": 2, "batch_size": 8, "lr": 3e-3, "data": "s3://b/d"}
+    assert cfg.grid == {"model": ["tinycnn"]}  # a flag for an axis replaces the axis
 
 
 @pytest.mark.parametrize("text,message", [
-    ("modles: [model1]\n", "unknown sweep field.*modles"),
-    ("models: [model9]\n", "unknown model 'model9'"),
-    ("optimizers: [adagrad]\n", "unknown optimizer"),
-    ("learning_rates: [0]\n", "learning rates must be numbers > 0"),
-    ("learning_rates: 0.001\n", "learning_rates must be a non-empty list"),
-    ("epochs: 0\n", "epochs must be at least 1"),
-    ("scheduler: hyperband\n", "scheduler must be one of fifo, asha"),
-    ("scheduler: asha\nepochs: 3\ngrace_period: 5\n", "grace_period must be between 1 and epochs"),
-    ("max_concurrent_trials: 0\n", "max_concurrent_trials must be 'auto' or an integer"),
-    ("batch_size: -1\n", "batch_size must be at least 1"),
+    ("models: [model1]\n", "unknown sweep field models: write grid: {model: \\[...\\]}"),
+    ("lr: 0.1\ntrain: {model: tinycnn}\n", "unknown sweep field lr: put it under train: .* or grid: "),
+    ("colour: red\n", "unknown sweep field colour: valid: name, storage, max_concurrent_trials, train, grid"),
+    ("train: {modle: tinycnn}\n", "unknown train field.*modle"),
+    ("train: {model: tinycnn}\ngrid: {learning_rate: [1]}\n", "unknown grid field.*learning_rate"),
+    ("grid: {model: [model9]}\n", "unknown model 'model9'"),
+    ("grid: {model: [tinycnn], optimizer: [adagrad]}\n", "unknown optimizer 'adagrad'"),
+    ("grid: {model: [tinycnn], lr: [0]}\n", "lr must be > 0"),
+    ("grid: {model: [tinycnn], lr: 0.001}\n", "grid: lr must be a non-empty list"),
+    ("grid: {model: [tinycnn], lr: [fast]}\n", "lr must be a number, got 'fast'"),
+    ("grid: {model: [tinycnn], storage: [a, b]}\n", "grid: storage cannot be a sweep axis"),
+    ("train: {model: tinycnn, name: x}\n", "train: name is the experiment's"),
+    ("train: {model: tinycnn, lr: 0.1}\ngrid: {lr: [0.1]}\n", "lr is in both train: and grid:"),
+    ("train: {epochs: 0}\ngrid: {model: [tinycnn]}\n", "epochs must be at least 1"),
+    ("grid: {optimizer: [adam]}\n", "the sweep names no model"),
+    ("grid: {model: [tinycnn, model2, tinycnn]}\n", "grid: {'model': 'tinycnn'} and {'model': 'tinycnn'} are the "
+                                                     "same training"),
+    # cpus_per_worker says where a run happens, not what it trains: both trials would share one run
+    ("grid: {model: [tinycnn], cpus_per_worker: [1, 2]}\n", "are the same training"),
+    ("train: {model: tinycnn}\nscheduler: hyperband\n", "scheduler type must be one of fifo, asha"),
+    ("train: {model: tinycnn, epochs: 3}\nscheduler: {type: asha, grace_period: 5}\n",
+     "grace_period \\(5\\) must be at most the epochs of every trial \\(3\\)"),
+    ("train: {model: tinycnn}\nscheduler: {type: asha, patience: 5}\n", "unknown scheduler field.*patience"),
+    ("train: {model: tinycnn}\nmax_concurrent_trials: 0\n", "max_concurrent_trials must be 'auto' or an integer"),
     ("- just\n- a list\n", "must be a mapping"),
-    ("models: [model1\n", "not valid YAML"),
+    ("grid: {model: [model1\n", "not valid YAML"),
 ])
-def test_bad_sweep_configs_are_clear_errors(tmp_path, text, message):
+def test_bad_sweep_files_are_one_line_errors(tmp_path, text, message):
     path = tmp_path / "bad.yaml"
     path.write_text(text)
-    with pytest.raises(TinyrayError, match=message):
+    with pytest.raises(TinyrayError, match=message) as e:
         load_sweep(str(path))
+    assert str(e.value).startswith(f"sweep config {path}") and "\n" not in str(e.value)
+
+
+def test_a_missing_sweep_file_names_the_shipped_ones():
+    with pytest.raises(TinyrayError, match="sweep config nope.yaml does not exist \\(shipped: grid, seed, smoke\\)"):
+        load_sweep("nope.yaml")
+
+
+def test_the_effective_sweep_file_round_trips():
+    from tinyray.sweep import to_yaml
+
+    cfg = load_sweep("grid", {"epochs": 3, "models": ["tinycnn"], "data": "s3://b/d"})
+    assert parse_sweep(to_yaml(cfg)) == cfg
 
 
 def test_trial_drivers_never_take_a_cpu():
     assert trial_resources({"CPU": 8, "tinyray_driver": 4}) == {"CPU": 0, "tinyray_driver": 1}
     assert trial_resources({"CPU": 8}) == {"CPU": 0, "memory": 1}
+
+
+SIX = {"model": ["model1", "model2", "model3", "model4", "model5", "model6"]}
 
 
 @pytest.mark.parametrize("kw,nodes,max_nodes,expected", [
@@ -77,18 +144,16 @@ def test_trial_drivers_never_take_a_cpu():
     ({"workers": 1, "cpus_per_worker": 4}, [{"CPU": 2}], None, 1),  # never 0: check_fits says why
 ])
 def test_auto_concurrency(kw, nodes, max_nodes, expected):
-    cfg = SweepConfig(models=["model1", "model2", "model3", "model4", "model5", "model6"], **kw)
-    assert auto_concurrency(cfg, nodes, max_nodes) == expected
+    trials = SweepConfig(train=kw, grid=SIX).expand("d")
+    assert auto_concurrency(trials, nodes, max_nodes) == expected
+
+
+def test_trials_of_different_shapes_are_sized_by_the_largest():
+    trials = SweepConfig(train={"model": "tinycnn"}, grid={"workers": [1, 2], "seed": [0, 1]}).expand("d")
+    assert auto_concurrency(trials, [{"CPU": 8}], None) == 3  # 2 workers × 1 CPU + 0.25 per trial
 
 
 # -------------------------------------------------------------------- real sweeps (slow)
-
-
-def tiny_sweep(tmp_path, **kw):
-    base = dict(models=["tinycnn"], optimizers=["adam", "sgd"], learning_rates=[3e-3, 1e-3, 3e-5],
-                epochs=4, batch_size=16, workers=1, storage=str(tmp_path / "exp"), name="tiny")
-    base.update(kw)
-    return SweepConfig(**base)
 
 
 def results(exp_uri):
@@ -103,20 +168,45 @@ def test_asha_stops_weak_trials_early(ray_cluster, staged, s3, tmp_path):
     from tinyray.sweep import run_sweep
 
     uri, _ = staged
-    cfg = tiny_sweep(tmp_path, scheduler="asha", grace_period=1, reduction_factor=3)
+    cfg = SweepConfig(name="tiny", storage=str(tmp_path / "exp"),
+                      train={"model": "tinycnn", "epochs": 4, "batch_size": 16},
+                      grid={"optimizer": ["adam", "sgd"], "lr": [3e-3, 1e-3, 3e-5]},
+                      scheduler={"type": "asha", "grace_period": 1, "reduction_factor": 3})
     exp = run_sweep(cfg, uri, s3.options)
     trials = results(exp)
     assert len(trials) == 6
     total = sum(len(t.history) for t in trials)
     assert total < 6 * 4  # fifo would run every trial for all 4 epochs
     assert any(t.status == "stopped early" for t in trials) and any(t.status == "completed" for t in trials)
-    # Tune's TensorBoard files, the dashboards
+    # Tune sees the grid axes only, flat: its table's columns and TensorBoard's hyperparameters
+    params = [json.load(open(p)) for p in glob.glob(os.path.join(exp, "*", "params.json"))]
+    assert sorted((p["optimizer"], p["lr"]) for p in params) == sorted(
+        (o, lr) for o in ("adam", "sgd") for lr in (3e-3, 1e-3, 3e-5))
+    assert all(set(p) == {"optimizer", "lr"} for p in params)
+    # Tune's TensorBoard files, the dashboards, with the axes as hyperparameters
     events = glob.glob(os.path.join(exp, "*", "events.out.tfevents.*"))
     assert len(events) == 6
     from tinyray.tfk import tf
 
-    tags = {v.tag for e in tf.compat.v1.train.summary_iterator(events[0]) for v in e.summary.value}
-    assert "ray/tune/val_accuracy" in tags
+    values = [v for e in tf.compat.v1.train.summary_iterator(events[0]) for v in e.summary.value]
+    assert "ray/tune/val_accuracy" in {v.tag for v in values}
+    from tensorboardX.proto import plugin_hparams_pb2 as plugin_data_pb2
+
+    hparams = set()
+    for v in values:
+        if v.metadata.plugin_data.plugin_name == "hparams":
+            data = plugin_data_pb2.HParamsPluginData.FromString(v.metadata.plugin_data.content)
+            hparams |= set(data.session_start_info.hparams)
+    assert hparams == {"optimizer", "lr"}
+    # a trial that ran all its epochs is a whole `tinyray train` run folder; one that ASHA
+    # stopped (its actor is ended by Tune) keeps the checkpoints of the epochs it ran
+    for t in trials:
+        run_dir = os.path.join(exp, "train-runs", TrainConfig.from_dict(t.config).run_name)
+        assert os.path.exists(os.path.join(run_dir, "checkpoint_manager_snapshot.json"))
+        if t.status == "completed":
+            result = json.load(open(os.path.join(run_dir, "result.json")))
+            assert result["config"] == t.config and len(result["epochs"]) == len(t.history) == 4
+            assert os.path.exists(os.path.join(run_dir, "model", "model.keras"))
 
 
 # ---------------------------------------------- the main job on a `ray start --head` cluster
@@ -136,34 +226,79 @@ def submit(address, env, *args, wait=True, runtime_env=None):
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_smoke_sweep_submitted_as_a_ray_job(head_cluster, tmp_path):
+def test_the_embedded_default_runs_from_a_plain_install_as_a_ray_job(head_cluster, tmp_path):
+    """`pip install .` (not editable), then the job script from another folder: the embedded
+    default finds its sweep file inside the package and runs the smoke sweep."""
+    import shutil
+    import sys
+
+    target, elsewhere = tmp_path / "site", tmp_path / "elsewhere"
+    install = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target),
+                              ROOT], capture_output=True, text=True, timeout=600)
+    assert install.returncode == 0, install.stderr[-2000:]
+    elsewhere.mkdir()
+    shutil.copy(os.path.join(ROOT, "jobs", "train_all.py"), elsewhere)
+    env_vars = {"PYTHONPATH": str(target)}
+    where = subprocess.run([sys.executable, "-c", "import tinyray; print(tinyray.__file__)"], cwd=elsewhere,
+                           env={**os.environ, **env_vars}, capture_output=True, text=True)
+    assert where.stdout.startswith(str(target)), where  # the plain install, not this checkout
     address, env = head_cluster
-    out = submit(address, env, "--storage", str(tmp_path), "--name", "smoke-test")
+    # --epochs 1 keeps the suite's time: the six seed models on CPU are its slowest test
+    out = submit_job(address, env, ["python", str(elsewhere / "train_all.py"), "--storage", str(tmp_path),
+                                    "--name", "smoke-test", "--epochs", "1"], runtime_env={"env_vars": env_vars},
+                     working_dir=False)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "no --data: embedded default" in out.stdout and "sweep smoke-test: 6 trials" in out.stdout
     assert "report: " in out.stdout
     md = open(tmp_path / "smoke-test" / "report.md").read()
     table = md.split("## The seed's table, reproduced")[1].split("##")[0]
     rows = [l for l in table.splitlines() if l.startswith("| model") and not l.startswith("| model |")]
     assert [r.split("|")[1].strip() for r in rows] == [f"model{i}" for i in range(1, 7)]
     assert "no finished epoch" not in table
+    assert "embedded default" in md and f"`python jobs/train_all.py --config {tmp_path}/smoke-test/sweep.yaml --name smoke-test-rerun`" in md
+    assert "6 completed" in md and "1 epochs" in md
     assert os.path.exists(tmp_path / "smoke-test" / "report.html")
+
+
+def val_split(uri, manifest, opts):
+    """The staged val images (÷255, as training feeds them) and labels, read straight from the store."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from tinyray.data import storage
+    from tinyray.data.pipeline import decode_jpegs
+
+    fs, root = storage.filesystem(uri, opts)
+    tables = [pq.read_table(f"{root}/{s['path']}", filesystem=fs) for s in manifest["val"]["shards"]]
+    images = [img for t in tables for img in t.column("image").to_pylist()]
+    labels = np.array([label for t in tables for label in t.column("label").to_pylist()])
+    return decode_jpegs(images).astype("float32") / 255.0, labels
 
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_killed_sweep_resumes_without_rerunning_finished_trials(head_cluster, staged, s3, tmp_path):
+def test_a_killed_sweep_resumes_and_every_trial_leaves_a_model_that_scores_what_it_reports(
+        head_cluster, staged, s3, tmp_path):
+    """The main job runs a grid over two non-model fields. Stopped after its first trial and
+    resubmitted with --resume, it finishes without rerunning that trial. Every trial is then a
+    `tinyray train` run folder: its own config in result.json, and a model that plain tf_keras
+    loads and that scores on the val images what result.json reports."""
+    import numpy as np
+
+    from tinyray.tfk import keras
+
     address, env = head_cluster
-    uri, _ = staged
-    config = tmp_path / "resume.yaml"
-    config.write_text("models: [tinycnn]\noptimizers: [adam]\nlearning_rates: [3.0e-3, 1.0e-3, 3.0e-4, 1.0e-4]\n"
-                      "epochs: 3\nbatch_size: 16\nmax_concurrent_trials: 1\nname: resume-test\n")
+    uri, manifest = staged
+    config = tmp_path / "axes.yaml"
+    config.write_text("name: axes\nmax_concurrent_trials: 1\ntrain: {model: tinycnn, epochs: 3, lr: 3e-3}\n"
+                      "grid: {optimizer: [adam, sgd], batch_size: [8, 16]}\n")
     runtime_env = {"env_vars": s3.env}
-    out = submit(address, env, "--config", str(config), "--data", uri, "--storage", str(tmp_path),
-                 wait=False, runtime_env=runtime_env)
+    args = ("--config", str(config), "--data", uri, "--storage", str(tmp_path))
+    out = submit(address, env, *args, wait=False, runtime_env=runtime_env)
     assert out.returncode == 0, out.stderr
     job_id = re.search(r"raysubmit_\w+", out.stdout + out.stderr).group(0)
     client = JobSubmissionClient(address)
-    exp = tmp_path / "resume-test"
+    exp = tmp_path / "axes"
 
     def finished_trials():
         done = {}
@@ -185,25 +320,29 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(head_cluster, st
     assert stop.returncode == 0, stop.stderr
     assert client.get_job_status(job_id) == JobStatus.STOPPED
     # not all four can have finished: trials run one at a time and the job was stopped after the first
-    out = submit(address, env, "--config", str(config), "--data", uri, "--storage", str(tmp_path), "--resume",
-                 runtime_env=runtime_env)
+    out = submit(address, env, *args, "--resume", runtime_env=runtime_env)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     after = finished_trials()
     assert len(after) == 4
     for f, content in before.items():
         assert after[f] == content  # a finished trial was not rerun: not one line added
-    rows = open(exp / "results.csv").read().splitlines()
-    assert len(rows) == 5
 
-
-def test_cluster_capacity_counts_what_the_autoscaler_can_reach():
-    from tinyray.sweep import cluster_capacity, load_cluster_config
-
-    config = load_cluster_config(os.path.join(ROOT, "cluster", "aws-gpu.yaml"))
-    nodes, extra = cluster_capacity([{"CPU": 0, "tinyray_driver": 32}], config)
-    assert nodes == [{"CPU": 0, "tinyray_driver": 32}]
-    assert extra.count({"CPU": 4, "GPU": 1}) == 8 and extra.count({"CPU": 48, "GPU": 4}) == 2
-    seed = load_sweep(os.path.join(ROOT, "sweeps", "seed.yaml"))
-    # 8 g5.xlarge (1 trial each at 3 CPUs + 1 GPU) + 2 g5.12xlarge (4 GPU each) = 16 slots; 6 trials
-    assert auto_concurrency(seed, nodes, extra) == 6
-    assert cluster_capacity([{"CPU": 2}], None) == ([{"CPU": 2}], [])
+    runs = sorted(glob.glob(str(exp / "train-runs" / "*" / "result.json")))
+    assert len(runs) == 4
+    x, y = val_split(uri, manifest, s3.options)
+    seen = set()
+    for path in runs:
+        result = json.load(open(path))
+        seen.add((result["config"]["optimizer"], result["config"]["batch_size"]))
+        assert {k: result["config"][k] for k in ("model", "epochs", "lr")} == {"model": "tinycnn", "epochs": 3,
+                                                                               "lr": 3e-3}
+        model = keras.models.load_model(os.path.join(os.path.dirname(path), "model", "model.keras"))
+        accuracy = float(np.mean(np.argmax(model.predict(x, verbose=0), axis=1) == y))
+        assert abs(accuracy - result["epochs"][-1]["val_accuracy"]) <= 0.02, (path, accuracy)
+    assert seen == {("adam", 8), ("adam", 16), ("sgd", 8), ("sgd", 16)}
+    rows = list(__import__("csv").DictReader(open(exp / "results.csv")))
+    assert sorted((r["optimizer"], r["batch_size"]) for r in rows) == sorted((o, str(b)) for o, b in seen)
+    md = open(exp / "report.md").read()
+    assert f"--config {exp}/sweep.yaml --data {uri} --name axes-rerun" in md
+    effective = load_sweep(str(config), {"data": uri, "storage": str(tmp_path)})
+    assert load_sweep(str(exp / "sweep.yaml")) == effective

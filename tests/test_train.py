@@ -13,7 +13,8 @@ import pytest
 
 from tinyray.config import TrainConfig
 from tinyray.errors import TinyrayError
-from tinyray.train import check_fits, make_optimizer, thread_counts
+from tinyray.cluster import check_fits, thread_counts
+from tinyray.worker import epoch_metrics, make_optimizer
 
 from conftest import SAMPLE
 
@@ -25,11 +26,15 @@ def cfg(**kw):
 @pytest.mark.parametrize("kw,message", [
     ({"model": "vgg99"}, "unknown model 'vgg99'"),
     ({"optimizer": "adagrad"}, "unknown optimizer 'adagrad'; valid: adam, rmsprop, sgd, nadam"),
+    ({"lr": "fast"}, "lr must be a number, got 'fast'"),
+    ({"epochs": 2.5}, "epochs must be an integer, got 2.5"),
+    ({"flip": "maybe"}, "flip must be true or false"),
     ({"lr": 0}, "lr must be > 0"),
     ({"lr": -1e-3}, "lr must be > 0"),
     ({"epochs": 0}, "epochs must be at least 1"),
     ({"workers": 0}, "workers must be at least 1"),
     ({"precision": "bfloat8"}, "unknown precision"),
+    ({"cache": "disk"}, "unknown cache 'disk'; valid: memory, stream"),
     ({"name": "a/b"}, "may hold only"),
 ])
 def test_bad_train_config_is_a_clear_error(kw, message):
@@ -40,6 +45,51 @@ def test_bad_train_config_is_a_clear_error(kw, message):
 def test_unknown_config_key_is_refused():
     with pytest.raises(TinyrayError, match="unknown train field.*learning_rate"):
         TrainConfig.from_dict({"model": "model2", "data": "x", "learning_rate": 1e-3})
+    with pytest.raises(TinyrayError, match="^train config needs data$"):
+        TrainConfig.from_dict({"model": "model2"})
+
+
+@pytest.mark.parametrize("data,expected", [
+    ({"lr": "1e-3"}, {"lr": 0.001}),  # YAML reads 1e-3 (no dot) as a string
+    ({"lr": 1, "cpus_per_worker": 2}, {"lr": 1.0, "cpus_per_worker": 2.0}),
+    ({"epochs": "7", "flip": "false", "xla": True}, {"epochs": 7, "flip": False, "xla": True}),
+])
+def test_values_are_coerced_to_the_fields_types(data, expected):
+    c = TrainConfig.from_dict({"model": "tinycnn", "data": "x", **data})
+    got = {k: getattr(c, k) for k in expected}
+    assert got == expected and [type(v) for v in got.values()] == [type(v) for v in expected.values()]
+
+
+@pytest.mark.parametrize("kw,name", [
+    ({}, "tinycnn-adam-lr0.0001-b64x1-e10-s0"),
+    # where and how a run happens does not change what it trains: the same folder, so it resumes
+    ({"cpus_per_worker": 2, "gpus_per_worker": 1, "cache": "stream", "max_failures": 0, "storage": "s3://b/r",
+      "xla": True}, "tinycnn-adam-lr0.0001-b64x1-e10-s0"),
+    # any other field that differs from its default adds a digest of those fields
+    ({"flip": False}, "tinycnn-adam-lr0.0001-b64x1-e10-s0-" +
+     __import__("hashlib").sha1(b'{"flip": false}').hexdigest()[:8]),
+    ({"name": "mine", "flip": False}, "mine"),
+])
+def test_run_name(kw, name):
+    assert cfg(**kw).run_name == name
+
+
+def test_every_train_flag_is_a_field_with_its_default():
+    """`tinyray train`'s flags come from TrainConfig: one flag per field, defaults from the field."""
+    import argparse
+
+    from tinyray.config import FIELDS, add_train_flags, train_config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_train_flags(parser)
+    flags = {a.dest: a for a in parser._actions if a.dest != "help"}
+    assert set(flags) == set(FIELDS)
+    args = parser.parse_args(["--model", "tinycnn", "--data", "s3://b/d", "--batch-size", "8", "--lr", "3e-3",
+                              "--no-flip", "--cpus-per-worker", "0.5"])
+    assert train_config_from_args(args) == TrainConfig(model="tinycnn", data="s3://b/d", batch_size=8, lr=3e-3,
+                                                       flip=False, cpus_per_worker=0.5)
+    assert train_config_from_args(parser.parse_args(["--model", "model2", "--data", "d"])) == \
+        TrainConfig(model="model2", data="d")
 
 
 def test_defaults_are_the_seeds():
@@ -78,11 +128,25 @@ def test_thread_counts_follow_the_cpu_allotment(cpus, threads):
 
 @pytest.mark.parametrize("name,cls", [("adam", "Adam"), ("rmsprop", "RMSprop"), ("sgd", "SGD"), ("nadam", "Nadam")])
 def test_make_optimizer(name, cls):
-    from tinyray.tfk import keras
-
-    opt = make_optimizer(keras, name, 3e-4)
+    opt = make_optimizer(name, 3e-4, momentum=0.8)
     assert type(opt).__name__ == cls and abs(float(opt.learning_rate) - 3e-4) < 1e-9
+    if name == "sgd":
+        assert abs(float(opt.momentum) - 0.8) < 1e-9
 
+
+def test_epoch_metrics_arithmetic():
+    logs = {"loss": 1.5, "accuracy": 0.25}
+    # 2 workers: 40 val images, 10 right, 30 in the top 5; identical weight digests 7 and 7
+    m = epoch_metrics(epoch=2, logs=logs, val_sums=(80.0, 10.0, 30.0, 40.0), sync_sums=(2.0, 14.0, 98.0),
+                      train_seconds=4.0, epoch_seconds=5.0, images=1024, load_seconds=9.0, start_epoch=2,
+                      optimizer_step=48)
+    assert m == {"epoch": 3, "train_loss": 1.5, "train_accuracy": 0.25, "val_loss": 2.0, "val_accuracy": 0.25,
+                 "val_top5_accuracy": 0.75, "val_count": 40, "epoch_seconds": 5.0, "images_per_second": 256.0,
+                 "data_load_seconds": 9.0, "resumed_from_epoch": 2, "optimizer_step": 48, "world_size": 2,
+                 "replicas_in_sync": True}
+    # digests 7 and 9: the replicas drifted apart; a later epoch reports no load time
+    m = epoch_metrics(3, logs, (80, 10, 30, 40), (2.0, 16.0, 130.0), 4.0, 5.0, 1024, 9.0, 2, 64)
+    assert m["replicas_in_sync"] is False and m["data_load_seconds"] == 0.0 and m["epoch"] == 4
 
 def test_mixed_precision_keeps_the_output_float32():
     from tinyray.models import create_model
@@ -103,7 +167,7 @@ def compiled_tinycnn(keras, seed):
 
     keras.utils.set_random_seed(seed)
     model = create_model("tinycnn", num_classes=4)
-    model.compile(optimizer=make_optimizer(keras, "adam", 1e-3), loss="sparse_categorical_crossentropy")
+    model.compile(optimizer=make_optimizer("adam", 1e-3), loss="sparse_categorical_crossentropy")
     return model
 
 
@@ -113,7 +177,7 @@ def test_a_checkpoint_restores_weights_and_optimizer_state_before_its_folder_goe
     import shutil
 
     from tinyray.tfk import keras, tf
-    from tinyray.train import read_checkpoint, write_checkpoint
+    from tinyray.worker import read_checkpoint, write_checkpoint
 
     strategy = tf.distribute.get_strategy()
     x = np.random.default_rng(0).random((16, 64, 64, 3), np.float32)
@@ -157,23 +221,6 @@ def test_a_run_folder_resumes_only_the_same_model(state, message):
         with pytest.raises(TinyrayError) as e:
             check_resumable(cfg(storage="/runs", name="r"), 4, state)
         assert str(e.value).startswith("/runs/r holds a checkpoint of ") and message in str(e.value)
-
-
-def test_stale_cluster_pointer_is_repointed_but_a_live_one_is_kept(tmp_path):
-    import socket
-
-    from tinyray.train import repoint_stale_cluster_file
-
-    pointer = tmp_path / "ray_current_cluster"
-    pointer.write_text("127.0.0.1:9")  # nothing listens on port 9
-    assert repoint_stale_cluster_file("127.0.0.1:6379", str(pointer)) is True
-    assert pointer.read_text() == "127.0.0.1:6379"
-    with socket.socket() as live:
-        live.bind(("127.0.0.1", 0))
-        live.listen()
-        pointer.write_text(f"127.0.0.1:{live.getsockname()[1]}")
-        assert repoint_stale_cluster_file("127.0.0.1:6379", str(pointer)) is False
-    assert repoint_stale_cluster_file("127.0.0.1:6379", str(tmp_path / "missing")) is False
 
 
 def test_cli_data_without_manifest_fails_before_ray(tmp_path):

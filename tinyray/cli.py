@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 
 from tinyray.errors import TinyrayError
@@ -134,63 +133,37 @@ def _register_data(sub) -> None:
 
 
 def _cmd_train(args) -> int:
-    from tinyray.config import TrainConfig
-    from tinyray.data.storage import StorageOptions
+    from tinyray.config import train_config_from_args
     from tinyray.train import print_epoch_table, run_training
 
-    cfg = TrainConfig(
-        model=args.model, data=args.data, workers=args.workers, cpus_per_worker=args.cpus_per_worker,
-        gpus_per_worker=args.gpus_per_worker, epochs=args.epochs, batch_size=args.batch_size,
-        optimizer=args.optimizer, lr=args.lr, precision=args.precision, xla=args.xla, seed=args.seed,
-        weights=args.weights, freeze_base=args.freeze_base, cache=args.cache, storage=args.storage,
-        name=args.name, max_failures=args.max_failures, endpoint_url=args.endpoint_url,
-    )
-    out = run_training(cfg, StorageOptions.from_env(args.endpoint_url), address=args.address)
+    out = run_training(train_config_from_args(args), address=args.address)
     print_epoch_table(out.result)
     return 0
 
 
 def _register_train(sub) -> None:
-    from tinyray.config import OPTIMIZERS, PRECISIONS, TrainConfig
+    from tinyray.config import add_train_flags
 
-    d = TrainConfig.__dataclass_fields__
-    p = sub.add_parser("train", help="train one model across Ray workers (MultiWorkerMirroredStrategy)")
-    p.add_argument("--model", required=True, help="a registry name (tinyray models)")
-    p.add_argument("--data", required=True, help="a staged dataset: s3://bucket/prefix or a folder")
-    p.add_argument("--workers", type=int, default=d["workers"].default)
-    p.add_argument("--cpus-per-worker", type=float, default=d["cpus_per_worker"].default)
-    p.add_argument("--gpus-per-worker", type=float, default=d["gpus_per_worker"].default)
-    p.add_argument("--epochs", type=int, default=d["epochs"].default)
-    p.add_argument("--batch-size", type=int, default=d["batch_size"].default,
-                   help="PER-WORKER batch; the global batch is this × --workers (default %(default)s)")
-    p.add_argument("--optimizer", default=d["optimizer"].default, help=f"one of {', '.join(OPTIMIZERS)}")
-    p.add_argument("--lr", type=float, default=d["lr"].default, help="learning rate (default %(default)s, the seed's)")
-    p.add_argument("--precision", default=d["precision"].default, help=f"one of {', '.join(PRECISIONS)}")
-    p.add_argument("--xla", action="store_true", help="jit-compile the train step (XLA)")
-    p.add_argument("--seed", type=int, default=d["seed"].default)
-    p.add_argument("--weights", default=d["weights"].default,
-                   help="model5/model6 base weights: none, imagenet, a path or s3:// URI")
-    p.add_argument("--freeze-base", action="store_true", help="model5/model6: train the head only")
-    p.add_argument("--cache", default=d["cache"].default, choices=("memory", "stream"),
-                   help="decode once and keep in worker memory, or stream through Ray Data every epoch")
-    p.add_argument("--storage", default=d["storage"].default, help="run folders: a local folder or s3://…")
-    p.add_argument("--name", help="run folder name (default: derived from the config; same name → resume)")
-    p.add_argument("--max-failures", type=int, default=d["max_failures"].default)
-    p.add_argument("--endpoint-url", help="S3-compatible endpoint (default: $AWS_ENDPOINT_URL, else AWS)")
+    p = sub.add_parser("train", help="train one model across Ray workers (MultiWorkerMirroredStrategy)",
+                       description="Every flag below is a TrainConfig field, so each is also a sweep axis.")
+    add_train_flags(p)
     p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
     p.set_defaults(func=_cmd_train)
 
 
-def _cmd_sweep(args) -> int:
-    from tinyray.sweep import train_all
+# Flags of the sweep that are not TrainConfig fields (those are generated, as for train).
+_SWEEP_FLAGS = ("name", "storage", "scheduler", "models", "max_concurrent_trials")
 
-    overrides = {"name": args.name, "storage": args.storage, "scheduler": args.scheduler, "epochs": args.epochs,
-                 "models": args.models.split(",") if args.models else None,
-                 "max_concurrent_trials": args.max_concurrent_trials}
-    default_config = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "sweeps", "smoke.yaml")
-    config = args.config or (default_config if args.data is None and os.path.exists(default_config) else None)
-    train_all(config, overrides, data=args.data, resume=args.resume, address=args.address,
-              endpoint_url=args.endpoint_url, cluster_config_path=args.cluster_config)
+
+def _cmd_sweep(args) -> int:
+    from tinyray.config import FIELDS
+    from tinyray.job import train_all
+
+    overrides = {k: getattr(args, k) for k in (*FIELDS, *_SWEEP_FLAGS) if hasattr(args, k)}
+    if overrides.get("models"):
+        overrides["models"] = overrides["models"].split(",")
+    train_all(args.config, overrides, resume=args.resume, address=args.address,
+              cluster_config_path=args.cluster_config)
     return 0
 
 
@@ -212,21 +185,25 @@ def _cmd_report(args) -> int:
 
 
 def _register_sweep(sub) -> None:
-    p = sub.add_parser("sweep", help="run a sweep config with Ray Tune and write the comparison report "
-                                     "(what jobs/train_all.py runs)")
-    p.add_argument("--config", help="sweep YAML (default: sweeps/smoke.yaml when --data is not given)")
-    p.add_argument("--data", help="staged dataset URI; without it: the embedded store + sample dataset")
-    p.add_argument("--storage", help="where experiment folders live: a folder or s3://… (overrides the config)")
-    p.add_argument("--name", help="experiment folder name (overrides the config)")
+    from tinyray.config import add_train_flags
+
+    p = sub.add_parser("sweep", help="run a sweep with Ray Tune and write the comparison report "
+                                     "(what jobs/train_all.py runs)",
+                       description="Without --config and --data: the embedded default (the shipped smoke sweep on "
+                                   "a generated sample dataset in an embedded object store). Any TrainConfig flag "
+                                   "overrides that field for every trial.")
+    p.add_argument("--config", help="sweep file: a path, an s3:// URI or a shipped name (grid, seed, smoke)")
+    p.add_argument("--storage", help="where experiment folders live: a folder or s3://… (overrides the file)")
+    p.add_argument("--name", help="experiment folder name (overrides the file)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted sweep; finished trials are kept")
-    p.add_argument("--scheduler", choices=("fifo", "asha"), help="overrides the config")
-    p.add_argument("--epochs", type=int, help="overrides the config")
-    p.add_argument("--models", help="comma-separated model names (overrides the config)")
-    p.add_argument("--max-concurrent-trials", type=_concurrency, help="'auto' or a number (overrides the config)")
-    p.add_argument("--endpoint-url", help="S3-compatible endpoint (default: $AWS_ENDPOINT_URL, else AWS)")
+    p.add_argument("--scheduler", choices=("fifo", "asha"), help="the scheduler's type (overrides the file)")
+    p.add_argument("--models", help="comma-separated model names: the model axis (overrides the file)")
+    p.add_argument("--max-concurrent-trials", type=_concurrency, help="'auto' or a number (overrides the file)")
     p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
     p.add_argument("--cluster-config", help="the cluster launcher YAML (cluster/aws-gpu.yaml): 'auto' concurrency "
                                             "then counts the nodes its autoscaler can still add")
+    add_train_flags(p.add_argument_group("TrainConfig fields (each sets that field for every trial)"),
+                    overrides=True, skip=("storage", "name"))
     p.set_defaults(func=_cmd_sweep)
 
     p = sub.add_parser("report", help="(re)build the comparison report of a finished or interrupted experiment")

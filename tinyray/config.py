@@ -1,72 +1,89 @@
-"""Typed configs. They flow one way: CLI flags / YAML → dataclass (validated here) → ``asdict``
-at the Ray boundary → ``from_dict`` on the worker. Unknown keys are errors, and every default
-lives here, once, with its reason.
+"""TrainConfig, the one unit of work, and the registries its fields are checked against.
+
+Configs flow one way: flags / YAML → ``TrainConfig.from_dict`` (types coerced, unknown keys
+refused) → ``to_dict`` at the Ray boundary → ``from_dict`` on the worker. Every field is written
+once, here, with its default and its help text; from that one declaration come the
+``tinyray train`` flag, the sweep axis, the report column and the line of result.json.
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import hashlib
+import json
 import re
-from dataclasses import dataclass, fields
+import typing
+from dataclasses import dataclass, field, fields
 
+from tinyray.data import storage
 from tinyray.errors import TinyrayError
+from tinyray.models import REGISTRY
 
-OPTIMIZERS = ("adam", "rmsprop", "sgd", "nadam")
+# name → tf_keras.optimizers class. The seed compared these four and chose Adam.
+OPTIMIZERS = {"adam": "Adam", "rmsprop": "RMSprop", "sgd": "SGD", "nadam": "Nadam"}
 PRECISIONS = ("float32", "mixed_float16")
+CACHE_MODES = ("memory", "stream")
+# A run folder's files: written by the workers (worker.py), read by the driver (train.py).
+RESULT_FILE = "result.json"
+STATE_FILE = "state.json"  # in each checkpoint: the history so far
 
 
-def from_dict(cls, data: dict, where: str = "config"):
-    """Build dataclass ``cls`` from a dict; an unknown key is an error naming the valid ones."""
-    names = [f.name for f in fields(cls)]
-    unknown = sorted(set(data) - set(names))
-    if unknown:
-        raise TinyrayError(f"unknown {where} field(s) {', '.join(unknown)}; valid: {', '.join(names)}")
-    return cls(**data)
+def _field(default=dataclasses.MISSING, help: str = "", choices=None, identity: bool = True):
+    """A TrainConfig field. ``identity=False`` marks where/how a run happens (resources, storage,
+    retries), not what it trains: such fields never change the run's folder name, so the same
+    training resumes wherever it is scheduled."""
+    return field(default=default, metadata={"help": help, "choices": choices, "identity": identity})
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """One model trained by one TensorflowTrainer. Defaults are the seed study's."""
+    """One model trained by one TensorflowTrainer. Defaults are the seed study's recipe."""
 
-    model: str
-    data: str  # a staged dataset: s3://bucket/prefix or a local folder with manifest.json
-    workers: int = 1
-    cpus_per_worker: float = 1.0
-    gpus_per_worker: float = 0.0
-    epochs: int = 10
-    batch_size: int = 64  # PER WORKER; the global batch is batch_size × workers
-    optimizer: str = "adam"  # the seed chose Adam after trying RMSprop, SGD and Nadam
-    lr: float = 1e-4  # the seed's learning rate
-    momentum: float = 0.9  # SGD only (plain SGD at 1e-4 barely moves)
-    precision: str = "float32"  # mixed_float16 on GPUs; the output layer stays float32
-    xla: bool = False  # jit_compile the train step (GPU clusters; works, slowly, on CPU)
-    seed: int = 0
-    weights: str = "none"  # model5/model6 base: none | imagenet | path | s3:// URI
-    freeze_base: bool = False
-    cache: str = "memory"  # decode once per trial and keep in memory | stream every epoch
-    flip: bool = True  # the seed's random horizontal flips (train only)
-    storage: str = "./runs"  # run folders (checkpoints, result.json): local or s3://
-    name: str | None = None  # run folder name; default derived from the config (stable → resumable)
-    max_failures: int = 3  # worker-group restarts from the last checkpoint before giving up
-    endpoint_url: str | None = None  # S3-compatible endpoint (credentials stay in the env)
+    model: str = _field(help="a registry name (tinyray models)", choices=tuple(REGISTRY))
+    data: str = _field(help="a staged dataset: s3://bucket/prefix or a local folder with manifest.json",
+                       identity=False)
+    workers: int = _field(1, "Train workers (MultiWorkerMirroredStrategy replicas)")
+    cpus_per_worker: float = _field(1.0, "CPUs each worker holds; TensorFlow's threads follow it", identity=False)
+    gpus_per_worker: float = _field(0.0, "GPUs each worker holds (1 on a GPU cluster)", identity=False)
+    epochs: int = _field(10, "epochs to train")
+    batch_size: int = _field(64, "PER-WORKER batch; the global batch is this × workers")
+    optimizer: str = _field("adam", "the seed chose Adam after trying RMSprop, SGD and Nadam",
+                            choices=tuple(OPTIMIZERS))
+    lr: float = _field(1e-4, "learning rate (the seed's 1e-4)")
+    momentum: float = _field(0.9, "SGD's momentum (plain SGD at 1e-4 barely moves)")
+    precision: str = _field("float32", "mixed_float16 on GPUs; the output layer stays float32",
+                            choices=PRECISIONS)
+    xla: bool = _field(False, "jit-compile the train step (GPU clusters; works, slowly, on CPU)", identity=False)
+    seed: int = _field(0, "seeds weights, shuffling and flips")
+    weights: str = _field("none", "model5/model6 base: none, imagenet, a path or an s3:// URI of a weights file")
+    freeze_base: bool = _field(False, "model5/model6: train the head only")
+    cache: str = _field("memory", "decode once and keep in worker memory, or stream through Ray Data every "
+                                  "epoch (data larger than memory)", choices=CACHE_MODES, identity=False)
+    flip: bool = _field(True, "the seed's random horizontal flips (train only)")
+    storage: str = _field("./runs", "where run folders live: a local folder or s3://…", identity=False)
+    name: str | None = _field(None, "run folder name (default: derived from the config, so rerunning resumes)",
+                              identity=False)
+    max_failures: int = _field(3, "worker-group restarts from the last checkpoint before the run gives up",
+                               identity=False)
+    endpoint_url: str | None = _field(None, "S3-compatible endpoint (default: $AWS_ENDPOINT_URL, else AWS); "
+                                            "credentials stay in each process's environment", identity=False)
 
     def __post_init__(self):
-        from tinyray.models import get_spec
-
-        get_spec(self.model)
+        for f in fields(self):  # types first: YAML and flags hand over strings and ints
+            object.__setattr__(self, f.name, coerce(f.name, getattr(self, f.name)))
+        for f in fields(self):
+            choices = f.metadata["choices"]
+            if choices and getattr(self, f.name) not in choices:
+                raise TinyrayError(f"unknown {f.name} {getattr(self, f.name)!r}; valid: {', '.join(choices)}")
         checks = [
-            (self.optimizer in OPTIMIZERS, f"unknown optimizer {self.optimizer!r}; valid: {', '.join(OPTIMIZERS)}"),
-            (self.precision in PRECISIONS, f"unknown precision {self.precision!r}; valid: {', '.join(PRECISIONS)}"),
-            (_is_number(self.lr) and self.lr > 0, f"lr must be > 0, got {self.lr}"),
-            (isinstance(self.epochs, int) and self.epochs >= 1, f"epochs must be at least 1, got {self.epochs}"),
-            (isinstance(self.workers, int) and self.workers >= 1, f"workers must be at least 1, got {self.workers}"),
-            (isinstance(self.batch_size, int) and self.batch_size >= 1, f"batch_size must be at least 1, got {self.batch_size}"),
-            (_is_number(self.cpus_per_worker) and self.cpus_per_worker > 0,
-             f"cpus_per_worker must be > 0, got {self.cpus_per_worker}"),
-            (_is_number(self.gpus_per_worker) and self.gpus_per_worker >= 0,
-             f"gpus_per_worker must be >= 0, got {self.gpus_per_worker}"),
-            (isinstance(self.max_failures, int) and self.max_failures >= -1, "max_failures must be -1 (forever) or more"),
-            (self.cache in ("memory", "stream"), f"cache must be memory or stream, got {self.cache!r}"),
-            (self.name is None or re.fullmatch(r"[A-Za-z0-9._=-]+", self.name or ""),
+            (self.lr > 0, f"lr must be > 0, got {self.lr}"),
+            (self.epochs >= 1, f"epochs must be at least 1, got {self.epochs}"),
+            (self.workers >= 1, f"workers must be at least 1, got {self.workers}"),
+            (self.batch_size >= 1, f"batch_size must be at least 1, got {self.batch_size}"),
+            (self.cpus_per_worker > 0, f"cpus_per_worker must be > 0, got {self.cpus_per_worker}"),
+            (self.gpus_per_worker >= 0, f"gpus_per_worker must be >= 0, got {self.gpus_per_worker}"),
+            (self.max_failures >= -1, "max_failures must be -1 (forever) or more"),
+            (self.name is None or re.fullmatch(r"[A-Za-z0-9._=-]+", self.name),
              f"name {self.name!r} may hold only letters, digits and . _ = -"),
         ]
         for ok, message in checks:
@@ -79,19 +96,136 @@ class TrainConfig:
 
     @property
     def run_name(self) -> str:
-        """The run folder's name: stable for a given config, so rerunning resumes it."""
+        """The run folder's name: stable for a given training, so rerunning resumes it.
+
+        The common fields are spelled out; any other identity field that differs from its
+        default adds a digest, so two trials of a sweep that differ only there never share a
+        folder."""
         if self.name:
             return self.name
-        return (f"{self.model}-{self.optimizer}-lr{self.lr:g}-b{self.batch_size}x{self.workers}"
+        name = (f"{self.model}-{self.optimizer}-lr{self.lr:g}-b{self.batch_size}x{self.workers}"
                 f"-e{self.epochs}-s{self.seed}")
+        spelled = {"model", "optimizer", "lr", "batch_size", "workers", "epochs", "seed"}
+        extra = {f.name: getattr(self, f.name) for f in fields(self)
+                 if f.metadata["identity"] and f.name not in spelled and getattr(self, f.name) != f.default}
+        if extra:
+            name += "-" + hashlib.sha1(json.dumps(extra, sort_keys=True).encode()).hexdigest()[:8]
+        return name
+
+    @property
+    def run_dir(self) -> str:
+        """The run folder's URI: ``<storage>/<run name>``."""
+        return storage.join(self.storage, self.run_name)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "TrainConfig":
-        return from_dict(cls, data, "train")
+    def from_dict(cls, data: dict, where: str = "train") -> "TrainConfig":
+        """From YAML, JSON or flags: values coerced to each field's type, unknown keys refused."""
+        check_fields(data, where)
+        missing = [f.name for f in fields(cls) if f.default is dataclasses.MISSING and f.name not in data]
+        if missing:
+            raise TinyrayError(f"{where} config needs {', '.join(missing)}")
+        return cls(**data)
 
 
-def _is_number(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
+FIELDS = {f.name: f for f in fields(TrainConfig)}
+_TYPES = typing.get_type_hints(TrainConfig)
+
+
+def check_fields(names, where: str = "train") -> None:
+    """Refuse, in one line, any name that is not a TrainConfig field."""
+    unknown = sorted(set(names) - set(FIELDS))
+    if unknown:
+        raise TinyrayError(f"unknown {where} field(s) {', '.join(unknown)}; valid: {', '.join(FIELDS)}")
+
+
+def field_type(name: str) -> tuple[type, bool]:
+    """(base type, whether None is allowed) of a TrainConfig field."""
+    hint = _TYPES[name]
+    args = typing.get_args(hint)
+    if type(None) in args:
+        return next(a for a in args if a is not type(None)), True
+    return hint, False
+
+
+def coerce(name: str, value):
+    """``value`` as TrainConfig field ``name``'s type, or one line saying what was expected.
+
+    YAML reads ``1e-3`` (no dot) as a string and ``3`` as an int: both are fine for a float.
+    """
+    kind, optional = field_type(name)
+    if value is None and optional:
+        return None
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no"):
+            return value.lower() in ("true", "yes")
+    elif kind in (int, float) and not isinstance(value, bool):
+        if isinstance(value, int) or (kind is float and isinstance(value, float)):
+            return kind(value)
+        if isinstance(value, str):
+            try:
+                return kind(value)
+            except ValueError:
+                pass
+    elif kind is str and isinstance(value, str):
+        return value
+    raise TinyrayError(f"{name} must be {_KIND_NAMES[kind]}, got {value!r}")
+
+
+_KIND_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
+# ---------------------------------------------------------------------------------- flags
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def add_train_flags(parser: argparse.ArgumentParser, overrides: bool = False, skip=()) -> None:
+    """One flag per TrainConfig field, from the field's own type, default, choices and help.
+
+    ``overrides=True`` (the sweep): no defaults and nothing required — a flag given replaces that
+    field in the sweep file, a flag not given leaves the file alone."""
+    for name, f in FIELDS.items():
+        if name in skip:
+            continue
+        kind, _ = field_type(name)
+        required = f.default is dataclasses.MISSING
+        kwargs: dict = {"dest": name, "help": f.metadata["help"]}
+        if kind is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            kwargs["type"] = _flag_type(name)
+            kwargs["metavar"] = name.upper()
+        if f.metadata["choices"]:
+            kwargs["choices"] = f.metadata["choices"]
+            kwargs["metavar"] = "{" + ",".join(f.metadata["choices"]) + "}"
+        if overrides:
+            kwargs["default"] = argparse.SUPPRESS
+            kwargs["help"] += " (overrides the sweep file)"
+        elif required:
+            kwargs["required"] = True
+        else:
+            kwargs["default"] = f.default
+            kwargs["help"] += " (default: %(default)s)"
+        parser.add_argument(flag(name), **kwargs)
+
+
+def _flag_type(name: str):
+    def parse(text: str):
+        try:
+            return coerce(name, text)
+        except TinyrayError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    parse.__name__ = name  # argparse names the type in its messages
+    return parse
+
+
+def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
+    return TrainConfig.from_dict({name: getattr(args, name) for name in FIELDS if hasattr(args, name)})

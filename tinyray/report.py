@@ -1,9 +1,10 @@
 """The comparison report: an experiment folder → report.md, report.html (plots embedded),
 results.csv and results.json.
 
-It reads what Tune leaves in the experiment folder — per trial ``params.json`` (the config),
+It reads what Tune leaves in the experiment folder — per trial ``params.json`` (its grid axes),
 ``result.json`` (one JSON line per reported epoch) and ``error.txt`` (a failed trial) — plus
-tinyray's ``sweep.json``, so it works on finished and interrupted experiments alike, locally or
+tinyray's ``sweep.json`` (whose ``train:`` base, with a trial's axes over it, is that trial's
+TrainConfig), so it works on finished and interrupted experiments alike, locally or
 in s3://, with no Ray running. The tables are pure functions of the trial records.
 """
 from __future__ import annotations
@@ -16,27 +17,38 @@ import json
 import statistics
 from dataclasses import dataclass, field
 
+from tinyray.cluster import DRIVER_RESOURCE
+from tinyray.config import TrainConfig
 from tinyray.data import storage
 from tinyray.data.storage import StorageOptions
 from tinyray.errors import TinyrayError
 from tinyray.models import REGISTRY, SEED_MODELS
-from tinyray.sweep import DRIVER_RESOURCE
+from tinyray.sweep import SWEEP_META
 
-CSV_FIELDS = ("trial", "model", "optimizer", "lr", "status", "epochs_run", "best_epoch", "train_accuracy",
-              "val_accuracy", "val_top5_accuracy", "gap", "params", "training_seconds", "images_per_second",
-              "error")
+RESULT_FIELDS = ("status", "epochs_run", "best_epoch", "train_accuracy", "val_accuracy", "val_top5_accuracy", "gap",
+                 "params", "training_seconds", "images_per_second", "error")
 
 
 @dataclass
 class Trial:
     trial: str  # Tune's trial folder name
-    model: str
-    optimizer: str
-    lr: float
-    epochs_planned: int
+    axes: dict  # this trial's grid axes (Tune's params)
+    config: dict  # its whole TrainConfig: the sweep's train: base with the axes over it
     history: list[dict] = field(default_factory=list)  # one dict per epoch, in order
     error: str | None = None
     status: str = "completed"  # completed | stopped early | failed | incomplete
+
+    model = property(lambda self: self.config["model"])
+    optimizer = property(lambda self: self.config["optimizer"])
+    lr = property(lambda self: self.config["lr"])
+    epochs_planned = property(lambda self: self.config["epochs"])
+
+    @property
+    def variant(self) -> str:
+        """The axes other than the model, e.g. ``optimizer=adam lr=0.001`` (or the base's)."""
+        rest = {k: v for k, v in self.axes.items() if k != "model"}
+        return " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in rest.items()) or \
+            f"{self.optimizer} lr={self.lr:g}"
 
     @property
     def best(self) -> dict | None:
@@ -56,10 +68,19 @@ def trial_status(history: list[dict], planned: int, error: str | None, scheduler
     return "stopped early" if scheduler == "asha" and history else "incomplete"
 
 
-def parse_trial(name: str, params: dict, result_lines: str, error: str | None, scheduler: str) -> Trial:
+def failure_line(error_text: str | None) -> str | None:
+    """The one line a failed trial ends in, from Tune's error.txt: the TinyrayError message that
+    ``tinyray train`` would print, else the traceback's last line."""
+    lines = [l.strip() for l in (error_text or "").splitlines() if l.strip()]
+    if not lines:
+        return None
+    ours = [l.split("TinyrayError: ", 1)[1] for l in lines if "TinyrayError: " in l]
+    return (ours[-1] if ours else lines[-1])[:500]
+
+
+def parse_trial(name: str, axes: dict, base: dict, result_lines: str, error: str | None, scheduler: str) -> Trial:
     """One trial from Tune's files (pure). Epochs reported twice (a restarted trial) keep the
     last report, so every epoch appears once."""
-    trial = params["trial"]
     by_epoch = {}
     for line in result_lines.splitlines():
         if line.strip():
@@ -67,10 +88,9 @@ def parse_trial(name: str, params: dict, result_lines: str, error: str | None, s
             if "epoch" in row:
                 by_epoch[int(row["epoch"])] = {k: v for k, v in row.items() if k != "config"}
     history = [by_epoch[k] for k in sorted(by_epoch)]
-    planned = int(params["sweep"]["epochs"])
-    err = error.strip().splitlines()[-1][:500] if error and error.strip() else None
-    return Trial(name, trial["model"], trial["optimizer"], float(trial["lr"]), planned, history, err,
-                 trial_status(history, planned, err, scheduler))
+    config = TrainConfig.from_dict({**base, **axes}).to_dict()
+    err = failure_line(error)
+    return Trial(name, dict(axes), config, history, err, trial_status(history, config["epochs"], err, scheduler))
 
 
 def load_experiment(uri: str, opts: StorageOptions | None = None) -> tuple[dict, list[Trial]]:
@@ -79,27 +99,25 @@ def load_experiment(uri: str, opts: StorageOptions | None = None) -> tuple[dict,
 
     opts = opts or StorageOptions.from_env()
     try:
-        meta = json.loads(storage.read_bytes(storage.join(uri, "sweep.json"), opts))
+        meta = json.loads(storage.read_bytes(storage.join(uri, SWEEP_META), opts))
     except FileNotFoundError:
-        raise TinyrayError(f"{uri} is not a tinyray experiment (no sweep.json)") from None
-    scheduler = meta["sweep"]["scheduler"]
+        raise TinyrayError(f"{uri} is not a tinyray experiment (no {SWEEP_META})") from None
+    scheduler = meta["sweep"]["scheduler"]["type"]
+    base = {**meta["sweep"]["train"], "data": meta["data"]}
     fs, root = storage.filesystem(uri, opts)
     trials = []
     for info in sorted(fs.get_file_info(pafs.FileSelector(root)), key=lambda i: i.path):
         if info.type != pafs.FileType.Directory:
             continue
-        base = info.base_name
-        try:
-            params = json.loads(storage.read_bytes(storage.join(uri, base, "params.json"), opts))
-        except FileNotFoundError:
+        folder = info.base_name
+        params = _read_optional(storage.join(uri, folder, "params.json"), opts)
+        if params is None:
             continue  # not a trial folder (train-runs/, ...)
-        if "trial" not in params:
-            continue
-        result = _read_optional(storage.join(uri, base, "result.json"), opts) or ""
-        error = _read_optional(storage.join(uri, base, "error.txt"), opts)
-        trials.append(parse_trial(base, params, result, error, scheduler))
+        result = _read_optional(storage.join(uri, folder, "result.json"), opts) or ""
+        error = _read_optional(storage.join(uri, folder, "error.txt"), opts)
+        trials.append(parse_trial(folder, json.loads(params), base, result, error, scheduler))
     order = {m: i for i, m in enumerate(REGISTRY)}
-    trials.sort(key=lambda t: (order.get(t.model, 99), t.optimizer, t.lr))
+    trials.sort(key=lambda t: (order.get(t.model, 99), t.optimizer, t.lr, t.trial))
     return meta, trials
 
 
@@ -113,11 +131,25 @@ def _read_optional(uri, opts):
 # ------------------------------------------------------------------------- tables (pure)
 
 
+def axis_columns(trials: list[Trial]) -> list[str]:
+    """The report's config columns: model, optimizer and lr always, then every other grid axis."""
+    columns = ["model", "optimizer", "lr"]
+    for t in trials:
+        columns += [k for k in t.axes if k not in columns]
+    return columns
+
+
+def shared_setting(trials: list[Trial], key: str):
+    """A TrainConfig field's value if every trial has the same one, else ``"varies"``."""
+    values = {json.dumps(t.config[key]) for t in trials}
+    return trials[0].config[key] if len(values) == 1 else "varies"
+
+
 def trial_row(t: Trial, num_classes: int) -> dict:
     best = t.best
     spec = REGISTRY.get(t.model)
     return {
-        "trial": t.trial, "model": t.model, "optimizer": t.optimizer, "lr": t.lr, "status": t.status,
+        "trial": t.trial, **{k: t.config[k] for k in axis_columns([t])}, "status": t.status,
         "epochs_run": len(t.history),
         "best_epoch": best["epoch"] if best else None,
         "train_accuracy": best["train_accuracy"] if best else None,
@@ -144,7 +176,8 @@ def best_per_model(trials: list[Trial]) -> dict[str, Trial]:
 
 
 def lr_grid(trials: list[Trial], model: str) -> tuple[list[str], list[float], dict]:
-    """Optimizer × learning-rate grid of best val accuracy for one model."""
+    """Optimizer × learning-rate grid of best val accuracy for one model (for sweeps whose only
+    other axes are optimizer and lr)."""
     mine = [t for t in trials if t.model == model]
     opts = sorted({t.optimizer for t in mine})
     lrs = sorted({t.lr for t in mine})
@@ -185,7 +218,7 @@ def seed_table(trials: list[Trial], num_classes: int) -> tuple[list[str], list[l
                          "–", "–", *seed_cells])
             continue
         r = trial_row(t, num_classes)
-        rows.append([m, f"{t.optimizer} lr={t.lr:g}", _pct(r["train_accuracy"]), _pct(r["val_accuracy"]),
+        rows.append([m, t.variant, _pct(r["train_accuracy"]), _pct(r["val_accuracy"]),
                      _pct(r["val_top5_accuracy"]), f"{r['params']:,}", _dur(r["training_seconds"]),
                      f"{r['images_per_second']:.0f}", *seed_cells])
     return header, rows
@@ -210,7 +243,7 @@ def plot_accuracy(trials: list[Trial], key: str, title: str) -> bytes:
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
     for model, t in best_per_model(trials).items():
         ax.plot([e["epoch"] for e in t.history], [100 * e[key] for e in t.history], marker="o", ms=3,
-                label=f"{model} ({t.optimizer}, {t.lr:g})")
+                label=f"{model} ({t.variant})")
     from matplotlib.ticker import MaxNLocator
 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -236,6 +269,9 @@ def build_report(meta: dict, trials: list[Trial]) -> dict[str, bytes]:
     plots = {"train_accuracy.png": plot_accuracy(trials, "train_accuracy", "Training accuracy vs epoch"),
              "val_accuracy.png": plot_accuracy(trials, "val_accuracy", "Validation accuracy vs epoch")}
 
+    columns = axis_columns(trials)
+    sched = sweep["scheduler"]["type"]
+    setting = lambda key: shared_setting(trials, key) if trials else "–"  # noqa: E731
     sections = []
     sections.append(f"# tinyray comparison report: {sweep['name']}\n\n"
                     f"Dataset: {meta['data']} — {num_classes} classes, {meta['dataset']['train']:,} train / "
@@ -243,63 +279,106 @@ def build_report(meta: dict, trials: list[Trial]) -> dict[str, bytes]:
                     f"({sum(t.status == 'completed' for t in trials)} completed, "
                     f"{sum(t.status == 'stopped early' for t in trials)} stopped early, "
                     f"{sum(t.status == 'failed' for t in trials)} failed, "
-                    f"{sum(t.status == 'incomplete' for t in trials)} incomplete); scheduler {sweep['scheduler']}, "
-                    f"{sweep['epochs']} epochs, batch {sweep['batch_size']} per worker × {sweep['workers']} worker(s).")
+                    f"{sum(t.status == 'incomplete' for t in trials)} incomplete) over "
+                    + (", ".join(f"{axis} ({len(values)})" for axis, values in sweep["grid"].items()) or "no axis")
+                    + f"; scheduler {sched}, {setting('epochs')} epochs, batch {setting('batch_size')} per worker × "
+                    f"{setting('workers')} worker(s).")
     header, seed_rows = seed_table(trials, num_classes)
     sections.append("## The seed's table, reproduced\n\nEach model's best variant (by best-epoch val accuracy) "
                     "beside the numbers the seed study reported (TensorFlow, one machine, full Tiny ImageNet). "
                     "Training time is the sum of this run's epoch times.\n\n" + md_table(header, seed_rows))
     if overall:
         b = overall.best
-        sections.append(f"## Best model\n\n**{overall.model}** with {overall.optimizer} at lr {overall.lr:g}: "
+        sections.append(f"## Best model\n\n**{overall.model}** ({overall.variant}): "
                         f"val top-1 {_pct(b['val_accuracy'])}, top-5 {_pct(b['val_top5_accuracy'])} "
-                        f"(epoch {b['epoch']}).")
+                        f"(epoch {b['epoch']}). " + _run_folder_note(overall))
     sections.append("## Accuracy vs epoch\n\n![Training accuracy vs epoch](train_accuracy.png)\n\n"
                     "![Validation accuracy vs epoch](val_accuracy.png)")
-    grids = []
-    for model in dict.fromkeys(t.model for t in trials):
-        opts, lrs, cells = lr_grid(trials, model)
-        grid_rows = [[o] + [_grid_cell(cells.get((o, lr))) for lr in lrs] for o in opts]
-        grids.append(f"### {model}\n\n" + md_table(["optimizer \\ lr"] + [f"{lr:g}" for lr in lrs], grid_rows))
-    sections.append("## Optimizer × learning rate (best val top-1)\n\n" + "\n\n".join(grids))
+    sections.append(variants_section(trials))
     gap_rows = [[m, _pct(t.best["train_accuracy"]), _pct(t.best["val_accuracy"]),
                  f"{100 * (t.best['train_accuracy'] - t.best['val_accuracy']):+.2f} pts"] for m, t in best.items()]
     sections.append("## Overfitting gap (train − val, best variant)\n\n" +
                     md_table(["model", "train acc", "val acc", "gap"], gap_rows))
     odd = [t for t in trials if t.status != "completed"]
     sections.append("## Stopped-early, failed and incomplete trials\n\n" + (md_table(
-        ["trial", "model", "optimizer", "lr", "status", "epochs run", "error"],
-        [[t.trial, t.model, t.optimizer, f"{t.lr:g}", t.status, len(t.history), t.error or ""] for t in odd])
+        ["trial", "model", "variant", "status", "epochs run", "error"],
+        [[t.trial, t.model, t.variant, t.status, len(t.history), t.error or ""] for t in odd])
         if odd else "None: every trial ran all its epochs."))
     sections.append("## All trials\n\n" + md_table(
-        ["model", "optimizer", "lr", "status", "epochs", "best val top-1", "top-5", "train acc", "time", "images/s"],
-        [[r["model"], r["optimizer"], f"{r['lr']:g}", r["status"], r["epochs_run"], _pct(r["val_accuracy"]),
+        columns + ["status", "epochs", "best val top-1", "top-5", "train acc", "time", "images/s"],
+        [[_cell(r[c]) for c in columns] + [r["status"], r["epochs_run"], _pct(r["val_accuracy"]),
           _pct(r["val_top5_accuracy"]), _pct(r["train_accuracy"]), _dur(r["training_seconds"]),
           "–" if r["images_per_second"] is None else f"{r['images_per_second']:.0f}"] for r in rows]))
-    cluster = meta["cluster"]
-    sections.append("## Reproduce\n\n"
-                    f"- Cluster: {cluster['nodes']} node(s): "
-                    + "; ".join(", ".join(f"{k} {v:g}" for k, v in sorted(n.items()) if k in ("CPU", "GPU", DRIVER_RESOURCE))
-                                for n in cluster["resources"])
-                    + f"; {cluster['max_concurrent_trials']} trials at a time.\n"
-                    f"- Versions: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()) + "\n"
-                    f"- Started: {meta['started']}; object store: {meta['endpoint']}\n"
-                    f"- Command: `ray job submit --working-dir . -- python jobs/train_all.py --data {meta['data']}`"
-                    " with this sweep config:\n\n```json\n" + json.dumps(sweep, indent=1) + "\n```")
+    sections.append(reproduce_section(meta))
     md = "\n\n".join(sections) + "\n"
 
     out_csv = io.StringIO()
-    writer = csv.DictWriter(out_csv, fieldnames=CSV_FIELDS)
+    writer = csv.DictWriter(out_csv, fieldnames=["trial", *columns, *RESULT_FIELDS])
     writer.writeheader()
     writer.writerows(rows)
-    results = {"sweep": sweep, "dataset": meta["dataset"], "cluster": cluster, "versions": meta["versions"],
-               "best": {"model": overall.model, "optimizer": overall.optimizer, "lr": overall.lr,
+    results = {"sweep": sweep, "dataset": meta["dataset"], "cluster": meta["cluster"], "versions": meta["versions"],
+               "best": {"model": overall.model, "axes": overall.axes, "config": overall.config,
                         "val_accuracy": overall.best["val_accuracy"]} if overall else None,
-               "trials": [{**r, "history": t.history} for r, t in zip(rows, trials)]}
+               "trials": [{**r, "config": t.config, "history": t.history} for r, t in zip(rows, trials)]}
     return {"report.md": md.encode(), "report.html": to_html(md, plots).encode(),
             "results.csv": out_csv.getvalue().encode(), "results.json": json.dumps(results, indent=1).encode(),
             **plots}
 
+
+def _run_folder_note(t: Trial) -> str:
+    folder = f"`train-runs/{TrainConfig.from_dict(t.config).run_name}`"
+    if t.status == "completed":
+        return f"Its run folder, with result.json and model/model.keras: {folder}."
+    return f"It did not run all its epochs ({t.status}); its last checkpoint is in {folder}."
+
+
+def _cell(value) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def variants_section(trials: list[Trial]) -> str:
+    """Each model's variants: an optimizer × lr grid when those are the only other axes, else
+    one row per variant."""
+    parts = []
+    for model in dict.fromkeys(t.model for t in trials):
+        mine = [t for t in trials if t.model == model]
+        if all(set(t.axes) <= {"model", "optimizer", "lr"} for t in mine):
+            opts, lrs, cells = lr_grid(trials, model)
+            grid_rows = [[o] + [_grid_cell(cells.get((o, lr))) for lr in lrs] for o in opts]
+            parts.append(f"### {model}\n\n" + md_table(["optimizer \\ lr"] + [f"{lr:g}" for lr in lrs], grid_rows))
+        else:
+            parts.append(f"### {model}\n\n" + md_table(["variant", "best val top-1"], [
+                [t.variant, _grid_cell((t.best["val_accuracy"] if t.best else None, t.status))] for t in mine]))
+    return "## Variants (best val top-1)\n\n" + "\n\n".join(parts)
+
+
+def reproduce_section(meta: dict) -> str:
+    """How the experiment ran, and the command that runs it again, as written."""
+    sweep, cluster, source = meta["sweep"], meta["cluster"], meta.get("source") or {}
+    rerun = f"{sweep['name']}-rerun"
+    # sweep.yaml beside this report is the sweep below: the file the job ran, its flags applied
+    sweep_file = storage.join(sweep["storage"], sweep["name"], "sweep.yaml")
+    if source.get("embedded_default"):
+        command = (f"This experiment is the embedded default: the sweep below on a generated sample dataset "
+                   f"in an embedded object store, both made by the job and gone with it. Run it again with "
+                   f"`python jobs/train_all.py --config {sweep_file} --name {rerun}`.")
+    else:
+        command = (f"Run it again (from a checkout of tinyray, at this experiment's versions) with "
+                   f"`ray job submit --working-dir . -- python jobs/train_all.py --config {sweep_file} "
+                   f"--data {meta['data']} --name {rerun}`.")
+    nodes = "; ".join(", ".join(f"{k} {v:g}" for k, v in sorted(n.items()) if k in ("CPU", "GPU", DRIVER_RESOURCE))
+                      for n in cluster["resources"])
+    return ("## Reproduce\n\n"
+            f"- Cluster: {cluster['nodes']} node(s): {nodes}; {cluster['max_concurrent_trials']} trials at a time.\n"
+            f"- Versions: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()) + "\n"
+            f"- Started: {meta['started']}; object store: {meta['endpoint']}\n"
+            f"- {command}\n\n```yaml\n" + _yaml(sweep) + "```")
+
+
+def _yaml(data: dict) -> str:
+    import yaml
+
+    return yaml.safe_dump(data, sort_keys=False)
 
 
 def _grid_cell(cell):

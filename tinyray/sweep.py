@@ -1,102 +1,133 @@
-"""The sweep: Ray Tune runs every (model, optimizer, learning rate) of a sweep config as a trial.
+"""The sweep: a sweep file → ``list[TrainConfig]`` → Ray Tune, one trial per TrainConfig.
 
-Each trial is a function trainable that builds the TensorflowTrainer of ``tinyray.train`` and
-passes its per-epoch metrics and checkpoints up to Tune with ``TuneReportCallback`` (the Train
-V2 pattern; ``Tuner(trainer)`` is deprecated). Trial drivers take no CPU: they reserve a custom
-``tinyray_driver`` resource where the cluster offers one (the head / CPU nodes in cluster/),
-otherwise a token of memory, so that drivers can never starve their own Train workers (Tune's
-default of 1 CPU per trial deadlocks a small cluster).
+A sweep file (sweeps/*.yaml) has four parts::
 
-Sweep configs are YAML (sweeps/*.yaml); see ``SweepConfig`` for the fields.
+    name: grid                          # the experiment: its folder's name,
+    storage: s3://BUCKET/experiments    # where experiment folders live,
+    max_concurrent_trials: auto         # and how many trials at once (auto: what the cluster holds)
+    train:                              # any TrainConfig fields: the base of every trial
+      epochs: 20
+      gpus_per_worker: 1
+    grid:                               # axes over any TrainConfig field: every combination is a trial
+      model: [model1, model2]
+      optimizer: [adam, sgd]
+      lr: [1.0e-3, 1.0e-4]
+    scheduler: {type: asha, grace_period: 2, reduction_factor: 3}   # or fifo
+
+A trial *is* a ``tinyray train`` run: it calls ``train.run`` on base + its axes, so its run folder
+(``<experiment>/train-runs/<run name>/``) holds result.json and model/ like any other, and a
+failure is the same one line. Tune sees only the axes as parameters (the base travels through
+``tune.with_parameters``), so its table, "current best trial" and TensorBoard's HParams tab show
+exactly what varies. Trial drivers take no CPU (cluster.trial_resources).
 """
 from __future__ import annotations
 
 import dataclasses
+import importlib.resources
 import itertools
 import json
-import math
+import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
-from tinyray.config import OPTIMIZERS, TrainConfig, from_dict
+from tinyray.config import FIELDS, TrainConfig, check_fields, coerce
 from tinyray.data import storage
 from tinyray.data.storage import StorageOptions
 from tinyray.errors import TinyrayError
 
-DRIVER_RESOURCE = "tinyray_driver"
 SCHEDULERS = ("fifo", "asha")
 METRIC = "val_accuracy"
+# TrainConfig fields that belong to the experiment (set at the top of the file), or that name
+# where a trial runs rather than what it trains: none of them can be a grid axis.
+EXPERIMENT_FIELDS = ("storage", "name")
+NOT_AXES = EXPERIMENT_FIELDS + ("data", "endpoint_url")
+UNSET_DATA = "<--data>"  # stands in for the dataset while a sweep file is checked without one
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    type: str = "fifo"  # fifo: every trial runs every epoch | asha: stops weak trials on val_accuracy
+    grace_period: int = 2  # asha: epochs every trial gets before it can be stopped
+    reduction_factor: int = 3  # asha: keep the top 1/reduction_factor at each rung
+
+    def __post_init__(self):
+        if self.type not in SCHEDULERS:
+            raise TinyrayError(f"scheduler type must be one of {', '.join(SCHEDULERS)}, got {self.type!r}")
+        for name, least in (("grace_period", 1), ("reduction_factor", 2)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise TinyrayError(f"scheduler {name} must be an integer of at least {least}, got {value!r}")
 
 
 @dataclass(frozen=True)
 class SweepConfig:
-    """A grid of trials. Every field can come from YAML; flags override the file."""
+    """An experiment: trials = ``train`` (base) × every combination of ``grid``'s axes."""
 
-    models: list = field(default_factory=lambda: ["model1", "model2", "model3", "model4", "model5", "model6"])
-    optimizers: list = field(default_factory=lambda: ["adam"])
-    learning_rates: list = field(default_factory=lambda: [1e-4])
-    epochs: int = 10
-    batch_size: int = 64  # per worker
-    workers: int = 1  # Train workers per trial
-    cpus_per_worker: float = 1.0
-    gpus_per_worker: float = 0.0
-    scheduler: str = "fifo"  # fifo | asha (early-stops weak trials on val_accuracy)
-    grace_period: int = 2  # asha: epochs every trial gets before it can be stopped
-    reduction_factor: int = 3  # asha: keep the top 1/reduction_factor at each rung
-    max_concurrent_trials: object = "auto"  # "auto": as many as the cluster's resources hold
-    data: str | None = None  # staged dataset URI (the job's --data wins)
+    name: str = "tinyray-sweep"  # the experiment folder's name
     storage: str = "~/tinyray/experiments"  # where experiment folders live: local or s3://
-    name: str = "tinyray-sweep"  # experiment folder name
-    seed: int = 0
-    precision: str = "float32"
-    xla: bool = False
-    cache: str = "memory"
-    weights: str = "none"  # model5/model6 base weights
-    freeze_base: bool = False
-    max_failures: int = 1  # worker-group restarts inside a trial
-    endpoint_url: str | None = None
+    max_concurrent_trials: int | str = "auto"  # auto: as many as the cluster's resources hold
+    train: dict = field(default_factory=dict)  # TrainConfig fields shared by every trial
+    grid: dict = field(default_factory=dict)  # TrainConfig field → list of values
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
 
     def __post_init__(self):
-        from tinyray.models import check_model_names
-
-        for name in ("models", "optimizers", "learning_rates"):
-            value = getattr(self, name)
-            if not isinstance(value, list) or not value:
-                raise TinyrayError(f"sweep field {name} must be a non-empty list, got {value!r}")
-        check_model_names(self.models)
-        bad = [o for o in self.optimizers if o not in OPTIMIZERS]
-        if bad:
-            raise TinyrayError(f"unknown optimizer(s) {', '.join(map(str, bad))}; valid: {', '.join(OPTIMIZERS)}")
-        for lr in self.learning_rates:
-            if isinstance(lr, bool) or not isinstance(lr, (int, float)) or lr <= 0:
-                raise TinyrayError(f"learning rates must be numbers > 0, got {lr!r}")
-        if self.scheduler not in SCHEDULERS:
-            raise TinyrayError(f"scheduler must be one of {', '.join(SCHEDULERS)}, got {self.scheduler!r}")
-        if self.scheduler == "asha" and not (1 <= self.grace_period <= self.epochs):
-            raise TinyrayError(f"grace_period must be between 1 and epochs ({self.epochs}), got {self.grace_period}")
-        if not (isinstance(self.reduction_factor, int) and self.reduction_factor >= 2):
-            raise TinyrayError(f"reduction_factor must be an integer of at least 2, got {self.reduction_factor!r}")
+        set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 - frozen
+        if isinstance(self.scheduler, str):
+            set_("scheduler", SchedulerConfig(type=self.scheduler))
+        elif isinstance(self.scheduler, dict):
+            set_("scheduler", _from_dict(SchedulerConfig, self.scheduler, "scheduler"))
+        for part in ("train", "grid"):
+            if not isinstance(getattr(self, part), dict):
+                raise TinyrayError(f"sweep {part}: must be a mapping of TrainConfig fields, got "
+                                   f"{getattr(self, part)!r}")
+        check_fields(self.train, "train")
+        check_fields(self.grid, "grid")
+        for name in EXPERIMENT_FIELDS:
+            if name in self.train:
+                raise TinyrayError(f"train: {name} is the experiment's: set {name}: at the top of the sweep file")
+        grid = {}
+        for axis, values in self.grid.items():
+            if axis in NOT_AXES:
+                raise TinyrayError(f"grid: {axis} cannot be a sweep axis (it says where trials run, not what they train)")
+            if axis in self.train:
+                raise TinyrayError(f"{axis} is in both train: and grid:; keep it in one")
+            if not isinstance(values, list) or not values:
+                raise TinyrayError(f"grid: {axis} must be a non-empty list of values, got {values!r}")
+            grid[axis] = [coerce(axis, v) for v in values]
+        set_("grid", grid)
+        set_("train", {k: coerce(k, v) for k, v in self.train.items()})
+        if "model" not in self.train and "model" not in self.grid:
+            raise TinyrayError("the sweep names no model: give train: {model: …} or grid: {model: […]}")
         mct = self.max_concurrent_trials
         if mct != "auto" and not (isinstance(mct, int) and not isinstance(mct, bool) and mct >= 1):
             raise TinyrayError(f"max_concurrent_trials must be 'auto' or an integer >= 1, got {mct!r}")
-        # Every trial's TrainConfig is validated up front too (epochs, batch, workers, ...).
-        for trial in self.trials()[:1]:
-            self.train_config(trial, data=self.data or "unset")
+        trials = self.expand()  # every trial's TrainConfig is checked now, before Tune starts
+        least = min(t.epochs for t in trials)
+        if self.scheduler.type == "asha" and self.scheduler.grace_period > least:
+            raise TinyrayError(f"scheduler grace_period ({self.scheduler.grace_period}) must be at most the "
+                               f"epochs of every trial ({least})")
 
-    def trials(self) -> list[dict]:
-        """The grid, in a stable order: model × optimizer × learning rate."""
-        return [{"model": m, "optimizer": o, "lr": float(lr)}
-                for m, o, lr in itertools.product(self.models, self.optimizers, self.learning_rates)]
+    def combinations(self) -> list[dict]:
+        """Every combination of the grid's axes, in the file's order (the last axis varies fastest)."""
+        return [dict(zip(self.grid, values)) for values in itertools.product(*self.grid.values())]
 
-    def train_config(self, trial: dict, data: str, storage_uri: str | None = None) -> TrainConfig:
-        """The TrainConfig of one trial (its run folder lives in the experiment's train-runs/)."""
-        return TrainConfig(
-            model=trial["model"], optimizer=trial["optimizer"], lr=trial["lr"], data=data,
-            workers=self.workers, cpus_per_worker=self.cpus_per_worker, gpus_per_worker=self.gpus_per_worker,
-            epochs=self.epochs, batch_size=self.batch_size, precision=self.precision, xla=self.xla,
-            seed=self.seed, weights=self.weights, freeze_base=self.freeze_base, cache=self.cache,
-            storage=storage_uri or self.storage, max_failures=self.max_failures, endpoint_url=self.endpoint_url,
-        )
+    def expand(self, data: str | None = None, train_runs: str | None = None) -> list[TrainConfig]:
+        """The trials: one TrainConfig per combination, base first, axes over it. Two trials that
+        would train the same run (same run folder) are refused."""
+        base = {"data": UNSET_DATA, **self.train}
+        if data:
+            base["data"] = data
+        if train_runs:
+            base["storage"] = train_runs
+        trials, seen = [], {}
+        for axes in self.combinations():
+            cfg = TrainConfig.from_dict({**base, **axes}, "train")
+            if cfg.run_name in seen:
+                raise TinyrayError(f"grid: {seen[cfg.run_name]} and {axes} are the same training (run "
+                                   f"{cfg.run_name}): remove the duplicate")
+            seen[cfg.run_name] = axes
+            trials.append(cfg)
+        return trials
 
     @property
     def experiment_uri(self) -> str:
@@ -105,166 +136,180 @@ class SweepConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    @classmethod
+    def from_dict(cls, data: dict) -> "SweepConfig":
+        known = [f.name for f in fields(cls)]
+        for key in data:
+            if key in known:
+                continue
+            hint = _MOVED.get(key) or ("put it under train: (every trial) or grid: (an axis)" if key in FIELDS
+                                       else f"valid: {', '.join(known)}")
+            raise TinyrayError(f"unknown sweep field {key}: {hint}")
+        return cls(**data)
 
-def load_sweep(path: str | None, overrides: dict | None = None) -> SweepConfig:
-    """A sweep config from YAML (or the defaults), with non-None ``overrides`` applied on top."""
-    import yaml
 
-    data = {}
-    if path:
+# The sweep format before TrainConfig was the one unit of work, so an old file gets a pointer.
+_MOVED = {"models": "write grid: {model: [...]}", "optimizers": "write grid: {optimizer: [...]}",
+          "learning_rates": "write grid: {lr: [...]}", "grace_period": "write scheduler: {grace_period: N}",
+          "reduction_factor": "write scheduler: {reduction_factor: N}"}
+
+
+def _from_dict(cls, data: dict, where: str):
+    names = [f.name for f in fields(cls)]
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise TinyrayError(f"unknown {where} field(s) {', '.join(unknown)}; valid: {', '.join(names)}")
+    return cls(**data)
+
+
+# ------------------------------------------------------------------------ sweep files (pure-ish)
+
+
+def packaged_sweeps() -> list[str]:
+    """Names of the sweep files shipped inside the package (sweeps/*.yaml)."""
+    return sorted(p.name[:-5] for p in importlib.resources.files("tinyray.sweeps").iterdir()
+                  if p.name.endswith(".yaml"))
+
+
+def read_sweep_text(source: str, opts: StorageOptions | None = None) -> str:
+    """A sweep file's text from a path, an s3:// URI, or the name of a shipped one (``grid``)."""
+    if storage.is_s3(source):
         try:
-            with open(path) as f:
-                data = yaml.safe_load(f) or {}
+            return storage.read_bytes(source, opts or StorageOptions.from_env()).decode()
         except FileNotFoundError:
-            raise TinyrayError(f"sweep config {path} does not exist") from None
-        except yaml.YAMLError as e:
-            raise TinyrayError(f"sweep config {path} is not valid YAML: {str(e).splitlines()[0]}") from None
-        if not isinstance(data, dict):
-            raise TinyrayError(f"sweep config {path} must be a mapping of fields")
-    data.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    try:
-        return from_dict(SweepConfig, data, "sweep")
-    except TypeError as e:
-        raise TinyrayError(f"sweep config {path}: {e}") from None
+            raise TinyrayError(f"sweep config {source} does not exist") from None
+    if os.path.exists(source):
+        with open(source) as f:
+            return f.read()
+    folder, name = os.path.split(source)
+    name = name.removesuffix(".yaml")
+    if folder in ("", "sweeps") and name in packaged_sweeps():  # also `sweeps/grid.yaml` outside a checkout
+        return (importlib.resources.files("tinyray.sweeps") / f"{name}.yaml").read_text()
+    raise TinyrayError(f"sweep config {source} does not exist (shipped: {', '.join(packaged_sweeps())})")
 
 
-# ------------------------------------------------------------------------ resources (pure)
+def parse_sweep(text: str, source: str = "sweep config", overrides: dict | None = None) -> SweepConfig:
+    """A SweepConfig from a sweep file's text, with flag ``overrides`` on top (None = not given).
 
-
-def trial_resources(cluster: dict) -> dict:
-    """What one trial driver reserves: no CPU, and a slot that only drivers ask for."""
-    if cluster.get(DRIVER_RESOURCE, 0) >= 1:
-        return {"CPU": 0, DRIVER_RESOURCE: 1}
-    return {"CPU": 0, "memory": 1}
-
-
-def cluster_capacity(live_nodes: list[dict], cluster_config: dict | None) -> tuple[list[dict], list[dict]]:
-    """(nodes, nodes an autoscaler may add) for sizing a sweep.
-
-    With a cluster launcher config (cluster/aws-gpu.yaml), capacity is what its node types can
-    reach at ``max_workers``: the live worker nodes are part of that maximum, not in addition to
-    it. Without one, only the live nodes count.
-    """
-    if not cluster_config:
-        return list(live_nodes), []
-    types = cluster_config.get("available_node_types", {})
-    head_type = cluster_config.get("head_node_type")
-    head = [dict(types[head_type].get("resources", {}))] if head_type in types else []
-    extra = []
-    for name, spec in types.items():
-        if name != head_type:
-            extra += [dict(spec.get("resources", {}))] * int(spec.get("max_workers", 0))
-    return head, extra
-
-
-def load_cluster_config(path: str | None) -> dict | None:
+    Overrides: ``name``, ``storage``, ``max_concurrent_trials`` (the experiment's); ``scheduler``
+    (its type); ``models`` (the model axis); any TrainConfig field, which replaces that field in
+    ``train:`` and removes it from ``grid:`` — a flag wins over the file."""
     import yaml
 
-    if not path:
-        return None
     try:
-        with open(path) as f:
-            cfg = yaml.safe_load(f)
-    except FileNotFoundError:
-        raise TinyrayError(f"cluster config {path} does not exist") from None
-    if not isinstance(cfg, dict) or "available_node_types" not in cfg:
-        raise TinyrayError(f"{path} is not a Ray cluster launcher config (no available_node_types)")
-    return cfg
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        raise TinyrayError(f"{source} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise TinyrayError(f"{source} must be a mapping of fields")
+    data = {**data, "train": dict(data.get("train") or {}), "grid": dict(data.get("grid") or {})}
+    for key, value in (overrides or {}).items():
+        if value is None:
+            continue
+        if key == "scheduler":
+            sched = data.get("scheduler") or {}
+            data["scheduler"] = {**({"type": sched} if isinstance(sched, str) else sched), "type": value}
+        elif key == "models":
+            data["train"].pop("model", None)
+            data["grid"]["model"] = list(value)
+        elif key in FIELDS and key not in EXPERIMENT_FIELDS:
+            data["grid"].pop(key, None)
+            data["train"][key] = value
+        else:
+            data[key] = value
+    try:
+        return SweepConfig.from_dict(data)
+    except TinyrayError as e:
+        raise TinyrayError(f"{source}: {e}") from None
 
 
-def auto_concurrency(cfg: SweepConfig, nodes: list[dict], max_nodes: list[dict] | None = None) -> int:
-    """How many trials the cluster can run at once (with what an autoscaler may still add):
-    whole trials' worth of worker bundles that fit, node by node, with ``DATA_CPUS`` per trial
-    left free for Ray Data's reads."""
-    from tinyray.train import DATA_CPUS
+def load_sweep(source: str | None, overrides: dict | None = None, opts: StorageOptions | None = None) -> SweepConfig:
+    """The sweep file at ``source`` (path, s3:// or shipped name; None = no file) with overrides."""
+    text = read_sweep_text(source, opts) if source else ""
+    return parse_sweep(text, f"sweep config {source}" if source else "sweep", overrides)
 
-    def bundles(node):
-        counts = []
-        for key, per in (("CPU", cfg.cpus_per_worker), ("GPU", cfg.gpus_per_worker)):
-            if per:
-                counts.append(math.floor(node.get(key, 0) / per + 1e-9))
-        return min(counts) if counts else 0
 
-    everything = list(nodes) + list(max_nodes or [])
-    trials = sum(bundles(n) for n in everything) // cfg.workers
-    total_cpu = sum(n.get("CPU", 0) for n in everything)
-    trials = min(trials, math.floor(total_cpu / (cfg.workers * cfg.cpus_per_worker + DATA_CPUS) + 1e-9))
-    drivers = sum(n.get(DRIVER_RESOURCE, 0) for n in nodes)
-    if drivers >= 1:
-        trials = min(trials, int(drivers))
-    return max(1, min(trials, len(cfg.trials())))
+def to_yaml(cfg: SweepConfig) -> str:
+    """The sweep file that reproduces ``cfg`` (flags applied), for the experiment folder."""
+    import yaml
+
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
 
 
 # ------------------------------------------------------------------------------ Tune (driver)
 
 
-def run_trial(config: dict) -> None:
-    """Tune's function trainable: one TensorflowTrainer run, metrics passed up every epoch."""
+def run_trial(axes: dict, base: dict) -> None:
+    """Tune's function trainable: base + this trial's axes, run exactly as ``tinyray train`` runs it."""
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from tinyray.data.stage import load_manifest
-    from tinyray.train import build_trainer
+    from tinyray.train import run
 
-    sweep = from_dict(SweepConfig, config["sweep"], "sweep")
-    cfg = sweep.train_config(config["trial"], data=config["data"], storage_uri=config["train_runs"])
-    opts = StorageOptions.from_env(cfg.endpoint_url)
-    manifest = load_manifest(cfg.data, opts)
-    trainer = build_trainer(cfg, manifest, opts, callbacks=[TuneReportCallback()])
-    trainer.fit()
+    cfg = TrainConfig.from_dict({**base, **axes})
+    run(cfg, StorageOptions.from_env(cfg.endpoint_url), callbacks=[TuneReportCallback()])
 
 
 def run_sweep(cfg: SweepConfig, data: str, opts: StorageOptions | None = None, resume: bool = False,
-              cluster_config: dict | None = None):
-    """Run (or resume) the sweep; return the experiment URI. Ray must be initialised."""
+              cluster_config: dict | None = None, source: dict | None = None) -> str:
+    """Run (or resume) the sweep; return the experiment URI. Ray must be initialised.
+    ``source`` says how the job was started (sweep file, embedded default), for the report."""
     import ray
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
+    from tinyray.cluster import (auto_concurrency, check_fits, cluster_capacity, cluster_nodes,
+                                 trial_resources)
     from tinyray.data.pipeline import steps_per_epoch
     from tinyray.data.stage import load_manifest
-    from tinyray.train import check_fits, cluster_nodes
 
-    opts = opts or StorageOptions.from_env(cfg.endpoint_url)
+    opts = opts or StorageOptions.from_env(cfg.train.get("endpoint_url"))
     manifest = load_manifest(data, opts)
-    live = cluster_nodes()
-    nodes, max_nodes = cluster_capacity(live, cluster_config)
-    first = cfg.train_config(cfg.trials()[0], data)
-    check_fits(first, nodes, max_nodes)
-    steps_per_epoch(manifest["train"]["count"], cfg.batch_size, cfg.workers)  # ≥ 1 batch, or one clear line
-
-    concurrency = (auto_concurrency(cfg, nodes, max_nodes) if cfg.max_concurrent_trials == "auto"
-                   else cfg.max_concurrent_trials)
-    fs, exp_path = storage.filesystem(cfg.storage, opts)
     exp_uri = cfg.experiment_uri
     train_runs = storage.join(exp_uri, "train-runs")
-    scheduler = (ASHAScheduler(time_attr="training_iteration", max_t=cfg.epochs, grace_period=cfg.grace_period,
-                               reduction_factor=cfg.reduction_factor)
-                 if cfg.scheduler == "asha" else FIFOScheduler())
-    trainable = tune.with_resources(run_trial, trial_resources(ray.cluster_resources()))
+    trials = cfg.expand(data, train_runs)
+    live = cluster_nodes()
+    nodes, max_nodes = cluster_capacity(live, cluster_config)
+    for trial in trials:  # every shape fits and has a batch, or one clear line before Tune starts
+        check_fits(trial, nodes, max_nodes)
+        steps_per_epoch(manifest["train"]["count"], trial.batch_size, trial.workers)
+
+    concurrency = (auto_concurrency(trials, nodes, max_nodes) if cfg.max_concurrent_trials == "auto"
+                   else cfg.max_concurrent_trials)
+    fs, exp_path = storage.filesystem(cfg.storage, opts)
+    sched = cfg.scheduler
+    scheduler = (ASHAScheduler(time_attr="training_iteration", max_t=max(t.epochs for t in trials),
+                               grace_period=sched.grace_period, reduction_factor=sched.reduction_factor)
+                 if sched.type == "asha" else FIFOScheduler())
+    base = {**cfg.train, "data": data, "storage": train_runs}
+    trainable = tune.with_resources(tune.with_parameters(run_trial, base=base),
+                                    trial_resources(ray.cluster_resources()))
     experiment_dir = f"{exp_path}/{cfg.name}"
 
-    _write_sweep_meta(cfg, data, manifest, live, concurrency, opts)
+    write_sweep_meta(cfg, data, manifest, live, concurrency, opts, source or {})
     if resume and tune.Tuner.can_restore(experiment_dir, storage_filesystem=fs):
         print(f"resuming sweep {exp_uri}: finished trials are kept, unfinished ones continue", flush=True)
         tuner = tune.Tuner.restore(experiment_dir, trainable, resume_errored=True, storage_filesystem=fs)
     else:
         tuner = tune.Tuner(
             trainable,
-            param_space={"sweep": cfg.to_dict(), "data": data, "train_runs": train_runs,
-                         "trial": tune.grid_search(cfg.trials())},
+            param_space={axis: tune.grid_search(values) for axis, values in cfg.grid.items()},
             tune_config=tune.TuneConfig(metric=METRIC, mode="max", scheduler=scheduler,
                                         max_concurrent_trials=concurrency),
             run_config=tune.RunConfig(name=cfg.name, storage_path=exp_path, storage_filesystem=fs,
                                       failure_config=tune.FailureConfig(max_failures=0)),
         )
-    print(f"sweep {cfg.name}: {len(cfg.trials())} trials, {concurrency} at a time, scheduler {cfg.scheduler}",
-          flush=True)
+    print(f"sweep {cfg.name}: {len(trials)} trials, {concurrency} at a time, scheduler {sched.type}", flush=True)
     tuner.fit()
     return exp_uri
 
 
-def _write_sweep_meta(cfg, data, manifest, nodes, concurrency, opts) -> None:
-    """sweep.json in the experiment folder: what the report needs to say how to reproduce it."""
+SWEEP_META = "sweep.json"
+
+
+def write_sweep_meta(cfg: SweepConfig, data: str, manifest: dict, nodes: list[dict], concurrency: int,
+                     opts: StorageOptions, source: dict) -> None:
+    """sweep.json and sweep.yaml in the experiment folder: what the report needs, and the
+    effective sweep file (flags applied) that reruns it."""
     import platform
 
     import ray
@@ -274,6 +319,7 @@ def _write_sweep_meta(cfg, data, manifest, nodes, concurrency, opts) -> None:
     meta = {
         "sweep": cfg.to_dict(),
         "data": data,
+        "source": source,
         "dataset": {"classes": len(manifest["classes"]), "train": manifest["train"]["count"],
                     "val": manifest["val"]["count"], "skipped": len(manifest["skipped"])},
         "cluster": {"nodes": len(nodes), "resources": [{k: v for k, v in n.items() if not k.startswith("node:")}
@@ -283,67 +329,6 @@ def _write_sweep_meta(cfg, data, manifest, nodes, concurrency, opts) -> None:
         "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "endpoint": opts.describe(),
     }
-    storage.write_bytes(storage.join(cfg.experiment_uri, "sweep.json"), json.dumps(meta, indent=1).encode(), opts)
-
-
-# ------------------------------------------------------------------------------ the main job
-
-SAMPLE_FOR_SMOKE = {"classes": 10, "train_per_class": 24, "val_per_class": 6}
-
-
-def experiment_exists(uri: str, opts: StorageOptions) -> bool:
-    try:
-        storage.read_bytes(storage.join(uri, "sweep.json"), opts)
-        return True
-    except FileNotFoundError:
-        return False
-
-
-def train_all(config_path: str | None, overrides: dict, data: str | None = None, resume: bool = False,
-              address: str | None = None, endpoint_url: str | None = None,
-              cluster_config_path: str | None = None) -> str:
-    """The main job: run (or resume) a sweep and write its report; return the report's URI.
-
-    With no ``data`` this is the embedded default: it starts the embedded object store, writes
-    and stages the sample dataset, and runs the sweep on it — the real code path, small numbers.
-    """
-    import tempfile
-
-    from tinyray.data.sample import SampleSpec, write_sample
-    from tinyray.data.stage import StageConfig, stage_dataset
-    from tinyray.data.storage import EmbeddedS3
-    from tinyray.report import load_experiment, write_report
-    from tinyray.train import ensure_ray
-
-    cfg = load_sweep(config_path, overrides)
-    cluster_config = load_cluster_config(cluster_config_path)
-    embedded = None
-    try:
-        if data is None and cfg.data is None:
-            embedded = EmbeddedS3(bucket="tinyray").start()
-            opts = embedded.options
-            print(f"no --data: embedded default. Object store at {embedded.endpoint_url}; "
-                  f"staging the sample dataset ({SAMPLE_FOR_SMOKE['classes']} classes)", flush=True)
-            with tempfile.TemporaryDirectory() as tmp:
-                top = write_sample(tmp, SampleSpec(**SAMPLE_FOR_SMOKE))
-                data = "s3://tinyray/sample"
-                stage_dataset(StageConfig(top, data, rows_per_shard=64, progress=False), opts)
-        else:
-            data = data or cfg.data
-            opts = StorageOptions.from_env(endpoint_url or cfg.endpoint_url)
-        exp = cfg.experiment_uri
-        if experiment_exists(exp, opts) and not resume:
-            raise TinyrayError(f"experiment {exp} exists: pass --resume to continue it, or --name for a new one")
-        ensure_ray(opts, address, driver_slots=True)
-        run_sweep(cfg, data, opts, resume=resume, cluster_config=cluster_config)
-        experiment = load_experiment(exp, opts)
-        report = write_report(exp, opts, experiment)
-        print(f"report: {report} (and report.html, results.csv, results.json beside it)", flush=True)
-        print(f"dashboards: tensorboard --logdir {exp}", flush=True)
-        trials = experiment[1]
-        if trials and all(t.status == "failed" for t in trials):
-            raise TinyrayError(f"every trial failed (see {report}); the first: {trials[0].error}")
-        return report
-    finally:
-        if embedded is not None:
-            embedded.stop()
+    exp = cfg.experiment_uri
+    storage.write_bytes(storage.join(exp, SWEEP_META), json.dumps(meta, indent=1).encode(), opts)
+    storage.write_bytes(storage.join(exp, "sweep.yaml"), to_yaml(cfg).encode(), opts)

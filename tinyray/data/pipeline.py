@@ -25,19 +25,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tinyray.config import CACHE_MODES
 from tinyray.data import storage
 from tinyray.data.stage import IMAGE_SIZE
 from tinyray.data.storage import StorageOptions
 from tinyray.errors import TinyrayError
-
-CACHE_MODES = ("memory", "stream")
 
 
 @dataclass(frozen=True)
 class IngestConfig:
     cache: str = "memory"
     # Ray Data tasks need CPUs that the Train workers do not hold; fractional CPUs let reads run
-    # beside the workers on a small node. Sizing a run keeps this much free (train.DATA_CPUS).
+    # beside the workers on a small node. Sizing a run keeps this much free (cluster.DATA_CPUS).
     read_cpus: float = 0.25
     decode_batch: int = 512
 
@@ -218,6 +217,15 @@ def stream_train_dataset(iterator, batch_size: int, seed: int, flip: bool = True
     )
     ds = ds.repeat().map(_preprocess(flip), num_parallel_calls=tf.data.AUTOTUNE)
     return _options(ds.prefetch(tf.data.AUTOTUNE))
+
+
+def make_train_dataset(iterator, ingest: IngestConfig, batch_size: int, seed: int, first_epoch: int = 0,
+                       flip: bool = True):
+    """A worker's endless train dataset from its Ray Data shard, in ``ingest.cache`` mode."""
+    if ingest.cache == "memory":
+        images, labels = load_into_memory(iterator, ingest)
+        return memory_train_dataset(images, labels, batch_size, seed=seed, first_epoch=first_epoch, flip=flip)
+    return stream_train_dataset(iterator, batch_size, seed=seed, flip=flip)
 
 
 def eval_batches(images: np.ndarray, labels: np.ndarray, batch_size: int):

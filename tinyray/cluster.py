@@ -1,0 +1,206 @@
+"""The Ray cluster: connecting, what it holds, what fits, how many trials at once — and every
+workaround tinyray carries for a quirk of Ray (or of TensorFlow under Ray).
+
+Workarounds, each with where it lives and the test that covers it. After a Ray or TensorFlow
+upgrade, recheck each one; delete it when its test passes without it.
+
+| quirk | workaround | covered by |
+|---|---|---|
+| Keras 3 fails in MultiWorkerMirroredStrategy's ``fit`` (keras-team/keras#20585, ray-project/ray#47464) | tf-keras: ``TF_USE_LEGACY_KERAS=1`` set on ``import tinyray`` and sent to every worker (``ensure_ray``) | every training test, e.g. test_train.py::test_two_workers_learn_the_sample_in_sync |
+| Tune's default of 1 CPU per trial lets trial drivers hold every CPU, and no Train worker can start (Train V2 then retries its 60 s start timeout forever) | ``trial_resources``: drivers take 0 CPU and a ``tinyray_driver`` slot (or a token of memory) | test_sweep.py::test_trial_drivers_never_take_a_cpu, every sweep test |
+| Ray Data's read tasks cannot run when Train workers hold every CPU: the run hangs | ``DATA_CPUS`` kept free by ``check_fits`` and ``auto_concurrency`` | test_train.py::test_check_fits |
+| A stale ``/tmp/ray/ray_current_cluster`` (left by a stopped ``ray start``) kills Train's placement-group cleaner, so trials stopped by ASHA keep their workers' resources | ``repoint_stale_cluster_file`` | test_cluster.py::test_stale_cluster_pointer_is_repointed_but_a_live_one_is_kept, test_sweep.py::test_asha_stops_weak_trials_early |
+| Inside ``ray job submit``, ``ray.init(runtime_env=...)`` is refused if it sets a variable the job's runtime env sets | ``job_runtime_env_vars``: the job's values stand | test_sweep.py::test_killed_sweep_resumes_without_rerunning_finished_trials |
+| ``iter_tf_batches`` deadlocks after ~9 epochs (ray-project/ray#62352) | ``to_tf`` in data/pipeline.py | test_pipeline.py (stream mode) |
+| Ray Data's ``equal=True`` split may drop rows | val is read whole and filtered by ``rank_of`` (data/pipeline.py) | test_pipeline.py::test_rank_of_splits_files_exactly_once, val_count in the training tests |
+| A TF checkpoint's optimizer slots restore lazily, after Ray has deleted the downloaded checkpoint folder | ``train.read_checkpoint`` builds the slots first | test_train.py::test_a_checkpoint_restores_weights_and_optimizer_state_before_its_folder_goes |
+| Fake multi-node clusters share one session folder: removing a node deletes an uploaded working dir | the autoscaling test submits without ``--working-dir`` | test_cluster.py::test_a_gpu_sweep_makes_the_autoscaler_add_and_remove_nodes |
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+
+from tinyray.config import TrainConfig
+from tinyray.data.pipeline import IngestConfig
+from tinyray.data.storage import StorageOptions
+from tinyray.errors import TinyrayError
+
+# The custom resource that only Tune's trial drivers ask for; the head node of every cluster
+# config in cluster/ offers it, so drivers never sit on (spot) GPU nodes.
+DRIVER_RESOURCE = "tinyray_driver"
+# CPU kept free beside a run's Train workers for Ray Data's Parquet reads.
+DATA_CPUS = IngestConfig.read_cpus
+CURRENT_CLUSTER_FILE = "/tmp/ray/ray_current_cluster"
+
+
+# ----------------------------------------------------------------------------- connecting
+
+
+def ensure_ray(opts: StorageOptions, address: str | None = None, driver_slots: bool = False) -> None:
+    """Connect to (or start) Ray with the storage settings in every worker's environment.
+
+    A local Ray started here for a sweep gets ``tinyray_driver`` slots (one per CPU) for Tune's
+    trial drivers, as the head node of the cluster configs in cluster/ does.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS") or "local"
+    env = {**opts.to_env(), "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    job_env = job_runtime_env_vars()
+    env = {k: v for k, v in env.items() if k not in job_env}
+    kwargs = {}
+    if address == "local" and driver_slots:
+        kwargs["resources"] = {DRIVER_RESOURCE: os.cpu_count() or 1}
+    ray.init(address=address, runtime_env={"env_vars": env}, **kwargs)
+    if address == "local":
+        repoint_stale_cluster_file(ray.get_runtime_context().gcs_address)
+
+
+def repoint_stale_cluster_file(gcs_address: str, path: str = CURRENT_CLUSTER_FILE) -> bool:
+    """Point Ray's "current cluster" file at this local cluster when it names a dead one.
+
+    Ray Train's placement-group cleaner finds its cluster through this file (its processes have
+    no RAY_ADDRESS). A file naming a live cluster is left alone. Returns whether it was rewritten.
+    """
+    try:
+        with open(path) as f:
+            named = f.read().strip()
+    except OSError:
+        return False
+    if not named or named == gcs_address:
+        return False
+    host, _, port = named.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=1):
+            return False  # someone's live cluster
+    except (OSError, ValueError):
+        pass
+    with open(path, "w") as f:
+        f.write(gcs_address)
+    return True
+
+
+def job_runtime_env_vars() -> dict:
+    """env_vars of the runtime environment `ray job submit` gave this driver, if any."""
+    from ray._private.runtime_env.constants import RAY_JOB_CONFIG_JSON_ENV_VAR
+
+    job = json.loads(os.environ.get(RAY_JOB_CONFIG_JSON_ENV_VAR) or "{}")
+    return dict((job.get("runtime_env") or {}).get("env_vars") or {})
+
+
+def cluster_nodes() -> list[dict]:
+    """The resource dicts of the live nodes."""
+    import ray
+
+    return [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+
+
+# ------------------------------------------------------------------------ what fits (pure)
+
+
+def check_fits(cfg: TrainConfig, nodes: list[dict], max_nodes: list[dict] | None = None) -> None:
+    """Refuse, before any worker starts, a run the cluster could never hold.
+
+    ``nodes`` are the cluster's nodes; ``max_nodes`` adds the nodes an autoscaler could still
+    start. A worker's bundle must fit on one node, and all workers plus ``DATA_CPUS`` for Ray
+    Data's reads in the cluster's total.
+    """
+    candidates = list(nodes) + list(max_nodes or [])
+    need = {"CPU": cfg.cpus_per_worker, "GPU": cfg.gpus_per_worker}
+
+    def fits(node):
+        return all(node.get(k, 0) >= v for k, v in need.items() if v)
+
+    if not any(fits(n) for n in candidates):
+        biggest = max(candidates, key=lambda n: (n.get("GPU", 0), n.get("CPU", 0)), default={})
+        raise TinyrayError(
+            f"one worker needs {cfg.cpus_per_worker:g} CPU and {cfg.gpus_per_worker:g} GPU, but the "
+            f"largest node has {biggest.get('CPU', 0):g} CPU and {biggest.get('GPU', 0):g} GPU"
+        )
+    for key, per in need.items():
+        total = sum(n.get(key, 0) for n in candidates)
+        if per and per * cfg.workers > total:
+            raise TinyrayError(
+                f"{cfg.workers} workers × {per:g} {key} = {per * cfg.workers:g} {key}, more than the "
+                f"cluster could ever hold ({total:g} {key})"
+            )
+    total_cpu = sum(n.get("CPU", 0) for n in candidates)
+    if cfg.cpus_per_worker * cfg.workers + DATA_CPUS > total_cpu + 1e-9:
+        raise TinyrayError(
+            f"{cfg.workers} workers × {cfg.cpus_per_worker:g} CPU take all {total_cpu:g} CPUs, leaving none "
+            f"for Ray Data's reads ({DATA_CPUS:g} CPU): lower --cpus-per-worker or --workers"
+        )
+
+
+def thread_counts(cpus_per_worker: float) -> tuple[int, int]:
+    """TF (intra-op, inter-op) threads for a worker's CPU allotment. TF's default is one
+    thread per core of the machine, which oversubscribes a node shared by several workers."""
+    n = max(1, int(cpus_per_worker))
+    return n, max(1, min(n, 2))
+
+
+def trial_resources(cluster: dict) -> dict:
+    """What one Tune trial driver reserves: no CPU, and a slot that only drivers ask for."""
+    if cluster.get(DRIVER_RESOURCE, 0) >= 1:
+        return {"CPU": 0, DRIVER_RESOURCE: 1}
+    return {"CPU": 0, "memory": 1}
+
+
+def cluster_capacity(live_nodes: list[dict], cluster_config: dict | None) -> tuple[list[dict], list[dict]]:
+    """(nodes, nodes an autoscaler may add) for sizing a sweep.
+
+    With a cluster launcher config (cluster/aws-gpu.yaml), capacity is what its node types can
+    reach at ``max_workers``: the live worker nodes are part of that maximum, not in addition to
+    it. Without one, only the live nodes count.
+    """
+    if not cluster_config:
+        return list(live_nodes), []
+    types = cluster_config.get("available_node_types", {})
+    head_type = cluster_config.get("head_node_type")
+    head = [dict(types[head_type].get("resources", {}))] if head_type in types else []
+    extra = []
+    for name, spec in types.items():
+        if name != head_type:
+            extra += [dict(spec.get("resources", {}))] * int(spec.get("max_workers", 0))
+    return head, extra
+
+
+def load_cluster_config(path: str | None) -> dict | None:
+    import yaml
+
+    if not path:
+        return None
+    try:
+        with open(path) as f:
+            cfg = yaml.safe_load(f)
+    except FileNotFoundError:
+        raise TinyrayError(f"cluster config {path} does not exist") from None
+    if not isinstance(cfg, dict) or "available_node_types" not in cfg:
+        raise TinyrayError(f"{path} is not a Ray cluster launcher config (no available_node_types)")
+    return cfg
+
+
+def auto_concurrency(trials: list[TrainConfig], nodes: list[dict], max_nodes: list[dict] | None = None) -> int:
+    """How many trials the cluster can run at once (with what an autoscaler may still add):
+    whole trials' worth of worker bundles that fit, node by node, with ``DATA_CPUS`` per trial
+    left free for Ray Data's reads. Trials of different shapes are sized by the largest."""
+    workers = max(t.workers for t in trials)
+    per = {"CPU": max(t.cpus_per_worker for t in trials), "GPU": max(t.gpus_per_worker for t in trials)}
+
+    def bundles(node):
+        counts = [math.floor(node.get(k, 0) / v + 1e-9) for k, v in per.items() if v]
+        return min(counts) if counts else 0
+
+    everything = list(nodes) + list(max_nodes or [])
+    slots = sum(bundles(n) for n in everything) // workers
+    total_cpu = sum(n.get("CPU", 0) for n in everything)
+    slots = min(slots, math.floor(total_cpu / (workers * per["CPU"] + DATA_CPUS) + 1e-9))
+    drivers = sum(n.get(DRIVER_RESOURCE, 0) for n in nodes)
+    if drivers >= 1:
+        slots = min(slots, int(drivers))
+    return max(1, min(slots, len(trials)))

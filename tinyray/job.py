@@ -1,0 +1,86 @@
+"""The main job: run a sweep on a Ray cluster, then write its comparison report.
+
+    ray job submit --working-dir . -- python jobs/train_all.py \\
+        --config sweeps/grid.yaml --data s3://BUCKET/tiny-imagenet --storage s3://BUCKET/experiments
+    python jobs/train_all.py        # the embedded default, on a laptop
+
+The embedded default (no ``--data``) starts the embedded object store, writes and stages the
+sample dataset, and runs the shipped smoke sweep on it: the real code path with small numbers.
+``--config`` takes a path, an s3:// URI or the name of a shipped sweep (``grid``, ``seed``,
+``smoke``); without it and with ``--data``, the seed's six models at TrainConfig's defaults.
+"""
+from __future__ import annotations
+
+import tempfile
+
+from tinyray.data import storage
+from tinyray.data.storage import StorageOptions
+from tinyray.errors import TinyrayError
+from tinyray.models import SEED_MODELS
+from tinyray.sweep import SWEEP_META, SweepConfig, load_sweep
+
+EMBEDDED_SWEEP = "smoke"  # the shipped sweep file the embedded default runs
+EMBEDDED_BUCKET, EMBEDDED_DATA = "tinyray", "s3://tinyray/sample"
+SAMPLE_FOR_SMOKE = {"classes": 10, "train_per_class": 24, "val_per_class": 6}
+
+
+def job_sweep(config: str | None, overrides: dict) -> tuple[SweepConfig, bool]:
+    """(the sweep to run, whether it is the embedded default) from the job's flags."""
+    embedded = overrides.get("data") is None
+    if config is None and embedded:
+        config = EMBEDDED_SWEEP
+    if config is None:
+        overrides = {"models": list(SEED_MODELS), **{k: v for k, v in overrides.items() if v is not None}}
+    cfg = load_sweep(config, overrides)
+    return cfg, embedded and "data" not in cfg.train
+
+
+def experiment_exists(uri: str, opts: StorageOptions) -> bool:
+    try:
+        storage.read_bytes(storage.join(uri, SWEEP_META), opts)
+        return True
+    except FileNotFoundError:
+        return False
+
+
+def train_all(config: str | None, overrides: dict, resume: bool = False, address: str | None = None,
+              cluster_config_path: str | None = None) -> str:
+    """Run (or resume) the sweep and write its report; return the report's URI."""
+    from tinyray.cluster import ensure_ray, load_cluster_config
+    from tinyray.data.sample import SampleSpec, write_sample
+    from tinyray.data.stage import StageConfig, stage_dataset
+    from tinyray.data.storage import EmbeddedS3
+    from tinyray.report import load_experiment, write_report
+    from tinyray.sweep import run_sweep
+
+    cfg, embedded_default = job_sweep(config, overrides)
+    cluster_config = load_cluster_config(cluster_config_path)
+    embedded = None
+    try:
+        if embedded_default:
+            embedded = EmbeddedS3(bucket=EMBEDDED_BUCKET).start()
+            opts, data = embedded.options, EMBEDDED_DATA
+            print(f"no --data: embedded default. Object store at {embedded.endpoint_url}; "
+                  f"staging the sample dataset ({SAMPLE_FOR_SMOKE['classes']} classes)", flush=True)
+            with tempfile.TemporaryDirectory() as tmp:
+                top = write_sample(tmp, SampleSpec(**SAMPLE_FOR_SMOKE))
+                stage_dataset(StageConfig(top, data, rows_per_shard=64, progress=False), opts)
+        else:
+            opts, data = StorageOptions.from_env(cfg.train.get("endpoint_url")), cfg.train["data"]
+        exp = cfg.experiment_uri
+        if experiment_exists(exp, opts) and not resume:
+            raise TinyrayError(f"experiment {exp} exists: pass --resume to continue it, or --name for a new one")
+        ensure_ray(opts, address, driver_slots=True)
+        source = {"config": config, "embedded_default": embedded_default}
+        run_sweep(cfg, data, opts, resume=resume, cluster_config=cluster_config, source=source)
+        experiment = load_experiment(exp, opts)
+        report = write_report(exp, opts, experiment)
+        print(f"report: {report} (and report.html, results.csv, results.json beside it)", flush=True)
+        print(f"dashboards: tensorboard --logdir {exp}", flush=True)
+        trials = experiment[1]
+        if trials and all(t.status == "failed" for t in trials):
+            raise TinyrayError(f"every trial failed (see {report}); the first: {trials[0].error}")
+        return report
+    finally:
+        if embedded is not None:
+            embedded.stop()

@@ -1,0 +1,295 @@
+"""What runs on every Ray Train worker, read as Ray's examples read: set up TensorFlow → build
+the model in MultiWorkerMirroredStrategy's scope (resuming from a checkpoint) → load this
+worker's data → ``fit`` with ``EpochEnd``, which validates over all workers, checkpoints and
+reports once per epoch → write result.json and model/ (rank 0).
+
+``tinyray.train`` builds the TensorflowTrainer that runs ``train_loop_per_worker``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+
+import numpy as np
+
+from tinyray.config import OPTIMIZERS, RESULT_FILE, STATE_FILE, TrainConfig
+from tinyray.data import storage
+from tinyray.data.storage import StorageOptions
+from tinyray.errors import TinyrayError
+from tinyray.tfk import keras, tf
+
+CKPT_PREFIX = "ckpt"
+EPOCH_KEYS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_top5_accuracy",
+              "val_count", "epoch_seconds", "images_per_second", "data_load_seconds", "resumed_from_epoch",
+              "optimizer_step")
+
+
+# ------------------------------------------------------------------------------ pure helpers
+
+
+def make_optimizer(name: str, lr: float, momentum: float = 0.9):
+    """One of the optimizers the seed compared (registry: config.OPTIMIZERS)."""
+    cls = getattr(keras.optimizers, OPTIMIZERS[name])
+    return cls(learning_rate=lr, momentum=momentum) if name == "sgd" else cls(learning_rate=lr)
+
+
+def epoch_metrics(epoch: int, logs: dict, val_sums, sync_sums, train_seconds: float, epoch_seconds: float,
+                  images: int, load_seconds: float, start_epoch: int, optimizer_step: int) -> dict:
+    """One epoch's report from what the workers summed.
+
+    ``val_sums`` = (loss sum, top-1 hits, top-5 hits, count) over every worker's val images;
+    ``sync_sums`` = (workers, Σ digest, Σ digest²) of the workers' weight digests — zero variance
+    exactly when every worker holds the same weights. ``epoch`` counts from 0, as Keras does.
+    """
+    loss_sum, top1, top5, count = (float(v) for v in val_sums)
+    n, s1, s2 = (float(v) for v in sync_sums)
+    per = max(count, 1.0)
+    return {
+        "epoch": epoch + 1,
+        "train_loss": float(logs["loss"]),
+        "train_accuracy": float(logs["accuracy"]),
+        "val_loss": loss_sum / per,
+        "val_accuracy": top1 / per,
+        "val_top5_accuracy": top5 / per,
+        "val_count": int(round(count)),
+        "epoch_seconds": epoch_seconds,
+        "images_per_second": images / train_seconds,
+        "data_load_seconds": load_seconds if epoch == start_epoch else 0.0,
+        "resumed_from_epoch": start_epoch,
+        # Restored with the weights, so a resumed run continues the count: the test that
+        # optimizer state survived a restart.
+        "optimizer_step": optimizer_step,
+        "world_size": int(round(n)),
+        "replicas_in_sync": bool(abs(s2 / n - (s1 / n) ** 2) < 0.5),
+    }
+
+
+def weights_digest(model) -> int:
+    """CRC32 of a model's trainable weights, as this worker holds them (mod 65521, so that its
+    square sums exactly in float64)."""
+    import zlib
+
+    crc = 0
+    for w in model.trainable_weights:
+        crc = zlib.crc32(w.numpy().tobytes(), crc)
+    return crc % 65521
+
+
+def write_checkpoint(ckpt, directory: str, state: dict) -> None:
+    """Weights + optimizer state (``ckpt``, a tf.train.Checkpoint) and the run's state.json."""
+    ckpt.write(os.path.join(directory, CKPT_PREFIX))
+    with open(os.path.join(directory, STATE_FILE), "w") as f:
+        json.dump(state, f)
+
+
+def read_checkpoint(strategy, model, ckpt, directory: str) -> dict:
+    """Restore what ``write_checkpoint`` wrote, now, and return its state.json.
+
+    The optimizer's slot variables are created first: tf.train.Checkpoint restores variables
+    that do not exist yet lazily, when the first training step creates them, and by then a
+    checkpoint that Ray downloaded from S3 has left its temporary folder. Every variable that
+    exists must match one in the checkpoint, so a checkpoint of another model fails here.
+    """
+    with strategy.scope():
+        model.optimizer.build(model.trainable_variables)
+    ckpt.read(os.path.join(directory, CKPT_PREFIX)).assert_existing_objects_matched().expect_partial()
+    with open(os.path.join(directory, STATE_FILE)) as f:
+        return json.load(f)
+
+
+# ------------------------------------------------------------------------- on every worker
+
+
+def setup_tensorflow(cfg: TrainConfig) -> None:
+    """Threads, GPUs and precision: must run before TensorFlow's runtime starts in this process."""
+    from tinyray.cluster import thread_counts
+
+    intra, inter = thread_counts(cfg.cpus_per_worker)
+    tf.config.threading.set_intra_op_parallelism_threads(intra)
+    tf.config.threading.set_inter_op_parallelism_threads(inter)
+    gpus = tf.config.list_physical_devices("GPU")
+    # Ray's fake multi-node provider (cluster/fake-gpu.yaml) advertises GPUs no device backs;
+    # anywhere else a GPU worker without a visible GPU is a broken image, and training on its
+    # CPU would silently be ~50x slower.
+    if cfg.gpus_per_worker > 0 and not gpus and os.environ.get("TINYRAY_ALLOW_MISSING_GPU") != "1":
+        raise TinyrayError("this worker was given a GPU but TensorFlow sees none (CUDA libraries missing?)")
+    for gpu in gpus:
+        # Ray gives each worker its own GPU via CUDA_VISIBLE_DEVICES; growth keeps TF from
+        # reserving all memory when fractional GPUs share one device.
+        tf.config.experimental.set_memory_growth(gpu, True)
+    keras.mixed_precision.set_global_policy(cfg.precision)
+    keras.utils.set_random_seed(cfg.seed)
+
+
+class Collective:
+    """The cross-worker sums an epoch needs: val metrics and the replicas' weight digests.
+
+    Validation runs inside ``strategy.run`` (replica context): reading BatchNorm's ON_READ
+    statistics from cross-replica context would start a collective, and workers evaluate
+    different numbers of batches, so such a collective would hang. Only the final sums cross
+    workers, in one all-reduce that every worker joins.
+    """
+
+    def __init__(self, strategy, model, val_images: np.ndarray, val_labels: np.ndarray, batch_size: int):
+        self.strategy, self.model = strategy, model
+        self.val_images, self.val_labels, self.batch_size = val_images, val_labels, batch_size
+        loss_fn = keras.losses.SparseCategoricalCrossentropy(reduction="none")
+
+        def step(x, y):
+            probs = tf.cast(model(x, training=False), tf.float32)
+            y = tf.cast(y, tf.int32)
+            k5 = min(5, probs.shape[-1])
+            return tf.stack([
+                tf.reduce_sum(loss_fn(y, probs)),
+                tf.reduce_sum(tf.cast(tf.math.in_top_k(y, probs, 1), tf.float32)),
+                tf.reduce_sum(tf.cast(tf.math.in_top_k(y, probs, k5), tf.float32)),
+                tf.cast(tf.shape(y)[0], tf.float32),
+            ])
+
+        self._eval_step = tf.function(lambda x, y: strategy.run(step, args=(x, y)))
+        self._sum = tf.function(lambda v: strategy.reduce(
+            tf.distribute.ReduceOp.SUM, strategy.run(tf.identity, args=(v,)), axis=None))
+
+    def val_sums(self) -> np.ndarray:
+        from tinyray.data.pipeline import eval_batches
+
+        sums = np.zeros(4, np.float32)
+        for x, y in eval_batches(self.val_images, self.val_labels, self.batch_size):
+            sums += self.strategy.experimental_local_results(self._eval_step(x, y))[0].numpy()
+        return self._sum(tf.constant(sums)).numpy()
+
+    def sync_sums(self) -> np.ndarray:
+        digest = float(weights_digest(self.model))
+        return self._sum(tf.constant([1.0, digest, digest * digest], tf.float64)).numpy()
+
+
+class EpochEnd(keras.callbacks.Callback):
+    """Validate over all workers, checkpoint and report, once per epoch (inside one ``fit``, so
+    the train iterator and its shuffling carry on from epoch to epoch)."""
+
+    def __init__(self, collective: Collective, ckpt, state: dict, images_per_epoch: int, load_seconds: float,
+                 rank: int):
+        super().__init__()
+        self.collective, self.ckpt, self.state = collective, ckpt, state
+        self.images_per_epoch, self.load_seconds, self.rank = images_per_epoch, load_seconds, rank
+        self.start_epoch = state["epochs_done"]
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.t_epoch = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        import ray.train
+
+        train_seconds = time.perf_counter() - self.t_epoch
+        val, sync = self.collective.val_sums(), self.collective.sync_sums()
+        metrics = epoch_metrics(epoch, logs, val, sync, train_seconds, time.perf_counter() - self.t_epoch,
+                                self.images_per_epoch, self.load_seconds, self.start_epoch,
+                                int(self.model.optimizer.iterations.numpy()))
+        self.state["history"].append(metrics)
+        self.state["epochs_done"] = epoch + 1
+        # Every worker writes (MWMS reads ON_READ variables with a collective while saving);
+        # only rank 0's copy is reported, the others' folders are dropped.
+        with tempfile.TemporaryDirectory() as d:
+            write_checkpoint(self.ckpt, d, self.state)
+            checkpoint = ray.train.Checkpoint.from_directory(d) if self.rank == 0 else None
+            ray.train.report(metrics, checkpoint=checkpoint)
+
+
+def train_loop_per_worker(config: dict) -> None:
+    import ray.train
+
+    from tinyray.data.pipeline import IngestConfig, load_into_memory, make_train_dataset, rank_of
+    from tinyray.models import create_model
+
+    cfg, num_classes, steps = TrainConfig.from_dict(config["train"]), config["num_classes"], config["steps"]
+    started = time.perf_counter()
+    setup_tensorflow(cfg)
+    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+
+    with strategy.scope():
+        model = create_model(cfg.model, num_classes=num_classes, weights=cfg.weights, freeze_base=cfg.freeze_base)
+        model.compile(optimizer=make_optimizer(cfg.optimizer, cfg.lr, cfg.momentum),
+                      loss="sparse_categorical_crossentropy", metrics=["accuracy"], jit_compile=cfg.xla)
+        ckpt = tf.train.Checkpoint(model=model, optimizer=model.optimizer)
+    state = {"model": cfg.model, "num_classes": num_classes, "epochs_done": 0, "history": []}
+    resumed = ray.train.get_checkpoint()
+    if resumed:
+        with resumed.as_directory() as d:
+            state = read_checkpoint(strategy, model, ckpt, d)
+        print(f"rank {rank}: resuming {cfg.run_name} after epoch {state['epochs_done']}", flush=True)
+
+    if state["epochs_done"] < cfg.epochs:
+        t0 = time.perf_counter()
+        ingest = IngestConfig(cache=cfg.cache)
+        val_images, val_labels = load_into_memory(
+            ray.train.get_dataset_shard("val"), ingest, keep=lambda f: rank_of(f, world) == rank)
+        train_ds = make_train_dataset(ray.train.get_dataset_shard("train"), ingest, cfg.batch_size,
+                                      seed=cfg.seed * 1000 + rank, first_epoch=state["epochs_done"], flip=cfg.flip)
+        epoch_end = EpochEnd(Collective(strategy, model, val_images, val_labels, cfg.batch_size), ckpt, state,
+                             steps * cfg.global_batch, time.perf_counter() - t0, rank)
+        model.fit(train_ds, epochs=cfg.epochs, initial_epoch=state["epochs_done"], steps_per_epoch=steps,
+                  callbacks=[epoch_end], verbose=0)
+    else:
+        # Every epoch was done before (a rerun, or a driver that died after the run finished):
+        # report the last epoch again so that a Tune trial records its result, and end cleanly.
+        ray.train.report(state["history"][-1])
+    write_results(cfg, model, state, config["manifest_summary"], time.perf_counter() - started, rank)
+
+
+def write_results(cfg: TrainConfig, model, state: dict, manifest_summary: dict, wall_seconds: float,
+                  rank: int) -> None:
+    """result.json and model/ in the run folder, from rank 0.
+
+    Every worker reads the weights (a collective for MWMS's ON_READ variables); rank 0 copies
+    them into a plain model built outside the strategy — saved without the optimizer's slots,
+    which the checkpoints keep — and writes the files."""
+    from tinyray.models import create_model
+
+    weights = model.get_weights()
+    if rank != 0:
+        return
+    plain = create_model(cfg.model, num_classes=manifest_summary["num_classes"], freeze_base=cfg.freeze_base)
+    plain.set_weights(weights)
+    public = cfg.to_dict()  # never holds credentials: those live only in each process's environment
+    result = {
+        "model": cfg.model,
+        "run": cfg.run_name,
+        "config": public,
+        "epochs": [{k: e[k] for k in EPOCH_KEYS} for e in state["history"]],
+        "params": int(plain.count_params()),
+        "wall_seconds": wall_seconds,
+        "global_batch": cfg.global_batch,
+        "train_count": manifest_summary["train_count"],
+        "val_count": manifest_summary["val_count"],
+    }
+    opts = StorageOptions.from_env(cfg.endpoint_url)
+    with tempfile.TemporaryDirectory() as out:
+        os.makedirs(os.path.join(out, "model"))
+        plain.save(os.path.join(out, "model", "model.keras"))
+        with open(os.path.join(out, "model", "classes.json"), "w") as f:
+            json.dump({"classes": manifest_summary["classes"], "config": public}, f, indent=1)
+        with open(os.path.join(out, RESULT_FILE), "w") as f:
+            json.dump(result, f, indent=1)
+        upload_dir(out, cfg.run_dir, opts)
+
+
+def upload_dir(local: str, uri: str, opts: StorageOptions) -> None:
+    """Copy a local folder's files into a run folder (local path or s3://)."""
+    for dirpath, _, files in os.walk(local):
+        for name in files:
+            src = os.path.join(dirpath, name)
+            rel = os.path.relpath(src, local)
+            if storage.is_s3(uri):
+                with open(src, "rb") as f:
+                    storage.write_bytes(storage.join(uri, rel), f.read(), opts)
+            else:
+                dst = os.path.join(uri, rel)
+                os.makedirs(os.path.dirname(dst), exist_ok=True)
+                shutil.copyfile(src, dst)
+
+
