@@ -124,7 +124,7 @@ def stop_process_tree(proc):
     except ProcessLookupError:
         pass
     try:
-        proc.wait(timeout=60)
+        proc.wait(timeout=10)  # gcs_server and raylet may ignore SIGTERM: they are killed below
     except subprocess.TimeoutExpired:
         pass
     time.sleep(2)

@@ -120,7 +120,11 @@ def test_build_report_writes_every_file_self_contained():
             "--data s3://b/d --name t-rerun`") in md
     assert "RuntimeError: boom" in md and "stopped early" in md
     html = files["report.html"].decode()
-    assert html.count("data:image/png;base64,") == 2 and 'src="http' not in html
+    pngs = {name for name, data in files.items() if data[:4] == b"\x89PNG"}
+    assert pngs == {"train_accuracy.png", "val_accuracy.png", "versus_seed.png", "accuracy_vs_cost.png"}
+    assert html.count("data:image/png;base64,") == md.count("](") == len(pngs) and 'src="http' not in html
+    # one structure, two renderings: every table row of the markdown is a row of the HTML
+    assert html.count("<tr>") == sum(1 for line in md.splitlines() if line.startswith("| ")) 
     rows = list(csv.DictReader(io.StringIO(files["results.csv"].decode())))
     assert len(rows) == 5 and {r["status"] for r in rows} == {"completed", "stopped early", "failed"}
     results = json.loads(files["results.json"])
@@ -147,3 +151,46 @@ def test_every_grid_axis_is_a_report_column():
     assert "| model | optimizer | lr | batch_size | flip | status |" in md
     assert "batch varies per worker" in md
     assert "embedded default" in md and "`python jobs/train_all.py --config /exp/v/sweep.yaml --name v-rerun`" in md
+
+
+CLASSES = [{"label": i, "wnid": w, "name": n} for i, (w, n) in enumerate(
+    [("n01", "tabby, tabby cat"), ("n02", "tiger cat"), ("n03", "goldfish"), ("n04", "lemon")])]
+
+
+def evaluation(per_class_top1, confused):
+    """An eval.json of 10 images a class (only what the report reads)."""
+    return {"top1": sum(per_class_top1) / 4, "top5": 1.0, "count": 40,
+            "per_class": [{**{k: c[k] for k in ("wnid", "name")}, "count": 10, "top1": a, "top5": 1.0}
+                          for c, a in zip(CLASSES, per_class_top1)],
+            "confused": [{"true": t, "predicted": p, "count": n} for t, p, n in confused]}
+
+
+def test_the_report_compares_the_models_class_by_class():
+    trials = make_trials()
+    trials[0].evaluation = evaluation([0.0, 0.5, 1.0, 0.9], [("n01", "n02", 6), ("n02", "n01", 3)])
+    trials[2].evaluation = evaluation([0.0, 0.1, 0.8, 0.9], [("n02", "n01", 5), ("n02", "n03", 4)])
+    meta = {"sweep": {"name": "t", "storage": "/exp", "train": BASE, "grid": {"model": ["model1", "model2"]},
+                      "scheduler": {"type": "fifo"}},
+            "data": "s3://b/d", "source": {}, "dataset": {"classes": 4, "train": 400, "val": 40, "skipped": 0},
+            "cluster": {"nodes": 1, "resources": [{"CPU": 2.0}], "max_concurrent_trials": 2},
+            "started": "now", "endpoint": "http://127.0.0.1:9"}
+    files = build_report(meta, trials)
+    md = files["report.md"].decode()
+    section = md.split("## Class by class")[1].split("\n## ")[0]
+    assert "![Per-class val top-1 across the models](per_class.png)" in section
+    assert files["per_class.png"][:4] == b"\x89PNG"
+    assert "Classes every model gets wrong (1): **n01 tabby" in section
+    # n02: 50 % for model1, 10 % for model2 — the widest spread, listed first
+    assert "| n02 tiger cat | 50.00 % | 10.00 % | 40 pts |" in section
+    # tabby ↔ tiger cat: 6 + 3 + 5 across the two models, either way round
+    assert "| n01 tabby ↔ n02 tiger cat | 14 |" in section and "| n02 tiger cat ↔ n03 goldfish | 4 |" in section
+    assert section.index("n01 tabby ↔") < section.index("n02 tiger cat ↔ n03")
+
+
+def test_training_cost_is_device_hours():
+    from tinyray.report import trial_cost
+
+    t = trial("a", "model2", "adam", 1e-4, epochs(0.1, 0.2, seconds=1800))
+    assert trial_cost(t) == (1.0, "CPU-hours")  # 2 × 1800 s × 1 worker × 1 CPU
+    t.config = {**t.config, "workers": 4, "gpus_per_worker": 1.0}
+    assert trial_cost(t) == (4.0, "GPU-hours")

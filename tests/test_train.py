@@ -268,6 +268,22 @@ def test_two_workers_learn_the_sample_in_sync(ray_cluster, staged, s3, tmp_path)
     classes = json.load(open(os.path.join(out.run_dir, "model", "classes.json")))
     assert len(classes["classes"]) == SAMPLE.classes and classes["config"]["model"] == "tinycnn"
     assert "AWS_SECRET_ACCESS_KEY" not in json.dumps(out.result) and s3.SECRET_KEY not in json.dumps(out.result)
+    # the final model evaluated class by class over both workers: every val image once, and the
+    # same top-1 / top-5 as the last epoch
+    evaluation = json.load(open(os.path.join(out.run_dir, "eval.json")))
+    assert evaluation["count"] == SAMPLE.classes * SAMPLE.val_per_class
+    assert [c["count"] for c in evaluation["per_class"]] == [SAMPLE.val_per_class] * SAMPLE.classes
+    assert (evaluation["top1"], evaluation["top5"]) == (epochs[-1]["val_accuracy"], epochs[-1]["val_top5_accuracy"])
+    assert [c["wnid"] for c in evaluation["per_class"]] == [c["wnid"] for c in classes["classes"]]
+    right = sum(c["top1"] * c["count"] for c in evaluation["per_class"])
+    wrong = sum(c["count"] for c in evaluation["confused"])
+    assert round(right) + wrong == evaluation["count"]  # fewer than 20 confused pairs: all are listed
+    # where it came from: this checkout's commit, the versions, the data's digest
+    prov = out.result["provenance"]
+    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__)))).stdout.strip()
+    assert prov["git_commit"] == head and isinstance(prov["git_dirty"], bool)
+    assert prov["versions"]["ray"].startswith("2.60") and len(prov["manifest_sha256"]) == 64
 
 
 def latest_state(run_dir):

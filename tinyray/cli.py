@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from tinyray.errors import TinyrayError
@@ -212,8 +213,62 @@ def _register_sweep(sub) -> None:
     p.set_defaults(func=_cmd_report)
 
 
+def _cmd_export(args) -> int:
+    from tinyray.export import export_model
+
+    print(f"exported to {export_model(args.experiment, args.to, args.trial)}")
+    return 0
+
+
+def _cmd_predict(args) -> int:
+    from tinyray.data import storage
+    from tinyray.predict import Export, predict_batch, predict_files, print_predictions
+
+    if args.top < 1:
+        raise TinyrayError(f"--top must be at least 1, got {args.top}")
+    export = Export(args.model)
+    batch = [s for s in args.inputs if storage.is_s3(s) or os.path.isdir(s)]
+    if not batch:
+        missing = [f for f in args.inputs if not os.path.exists(f)]
+        if missing:
+            raise TinyrayError(f"{missing[0]} does not exist" + (f" (and {len(missing) - 1} more)" if missing[1:] else ""))
+        done, skipped = predict_files(export, args.inputs, args.top)
+        print_predictions(done, skipped, args.json)
+        return 0
+    from tinyray.cluster import ensure_ray
+    from tinyray.data.storage import StorageOptions
+
+    opts = StorageOptions.from_env()
+    ensure_ray(opts, args.address)
+    out = predict_batch(export, args.inputs, args.out, args.top, opts)
+    for s in out["skipped"]:
+        print(f"skipped {s['file']}: {s['reason']}", file=sys.stderr)
+    print(f"{out['images']} images: {out['predicted']} predicted, {len(out['skipped'])} skipped → {out['out']}")
+    return 0
+
+
+def _register_use(sub) -> None:
+    p = sub.add_parser("export", help="write an experiment's winner (or --trial) as a self-contained model folder")
+    p.add_argument("experiment", metavar="EXPERIMENT", help="the experiment folder: a path or s3://…")
+    p.add_argument("--to", required=True, help="the folder to write: a path or s3://…")
+    p.add_argument("--trial", help="a trial folder or run name from the report (default: the best val top-1)")
+    p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("predict", help="top-k classes for images: files here, folders or s3:// prefixes as Ray "
+                                       "Data batch inference")
+    p.add_argument("model", metavar="MODEL", help="a folder (or s3:// prefix) written by tinyray export")
+    p.add_argument("inputs", metavar="IMAGE_OR_PREFIX", nargs="+",
+                   help="image files; or folders / s3:// prefixes for batch inference into --out")
+    p.add_argument("--top", type=int, default=5, help="classes per image (default %(default)s)")
+    p.add_argument("--json", action="store_true", help="print a JSON list of {file, top: [{wnid, name, prob}]}")
+    p.add_argument("--out", default="predictions.parquet",
+                   help="batch inference: a .parquet or .csv file, local or s3:// (default %(default)s)")
+    p.add_argument("--address", help="Ray cluster address for batch inference (default: $RAY_ADDRESS, else local)")
+    p.set_defaults(func=_cmd_predict)
+
+
 # Each stage adds its subcommands through a function taking the subparsers object.
-_REGISTRARS: list = [_register_data, _register_train, _register_sweep]
+_REGISTRARS: list = [_register_data, _register_train, _register_sweep, _register_use]
 
 
 def main(argv: list[str] | None = None) -> int:

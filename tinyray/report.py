@@ -9,20 +9,21 @@ in s3://, with no Ray running. The tables are pure functions of the trial record
 """
 from __future__ import annotations
 
-import base64
 import csv
-import html
 import io
 import json
 import statistics
 from dataclasses import dataclass, field
 
+from tinyray import plots
 from tinyray.cluster import DRIVER_RESOURCE
 from tinyray.config import TrainConfig
 from tinyray.data import storage
 from tinyray.data.storage import StorageOptions
 from tinyray.errors import TinyrayError
 from tinyray.models import REGISTRY, SEED_MODELS
+from tinyray.evaluate import EVAL_FILE
+from tinyray.render import Bullets, Code, Image, Section, Table, bold, code, para, to_html, to_markdown
 from tinyray.sweep import SWEEP_META
 
 RESULT_FIELDS = ("status", "epochs_run", "best_epoch", "train_accuracy", "val_accuracy", "val_top5_accuracy", "gap",
@@ -37,6 +38,7 @@ class Trial:
     history: list[dict] = field(default_factory=list)  # one dict per epoch, in order
     error: str | None = None
     status: str = "completed"  # completed | stopped early | failed | incomplete
+    evaluation: dict | None = None  # the run's eval.json (completed runs)
 
     model = property(lambda self: self.config["model"])
     optimizer = property(lambda self: self.config["optimizer"])
@@ -103,7 +105,8 @@ def load_experiment(uri: str, opts: StorageOptions | None = None) -> tuple[dict,
     except FileNotFoundError:
         raise TinyrayError(f"{uri} is not a tinyray experiment (no {SWEEP_META})") from None
     scheduler = meta["sweep"]["scheduler"]["type"]
-    base = {**meta["sweep"]["train"], "data": meta["data"]}
+    # each trial ran base + axes, on the sweep's data, in the experiment's train-runs/ (sweep.run_sweep)
+    base = {**meta["sweep"]["train"], "data": meta["data"], "storage": storage.join(uri, "train-runs")}
     fs, root = storage.filesystem(uri, opts)
     trials = []
     for info in sorted(fs.get_file_info(pafs.FileSelector(root)), key=lambda i: i.path):
@@ -115,7 +118,11 @@ def load_experiment(uri: str, opts: StorageOptions | None = None) -> tuple[dict,
             continue  # not a trial folder (train-runs/, ...)
         result = _read_optional(storage.join(uri, folder, "result.json"), opts) or ""
         error = _read_optional(storage.join(uri, folder, "error.txt"), opts)
-        trials.append(parse_trial(folder, json.loads(params), base, result, error, scheduler))
+        trial = parse_trial(folder, json.loads(params), base, result, error, scheduler)
+        run_dir = storage.join(uri, "train-runs", TrainConfig.from_dict(trial.config).run_name)
+        evaluation = _read_optional(storage.join(run_dir, EVAL_FILE), opts)
+        trial.evaluation = json.loads(evaluation) if evaluation else None
+        trials.append(trial)
     order = {m: i for i, m in enumerate(REGISTRY)}
     trials.sort(key=lambda t: (order.get(t.model, 99), t.optimizer, t.lr, t.trial))
     return meta, trials
@@ -224,155 +231,200 @@ def seed_table(trials: list[Trial], num_classes: int) -> tuple[list[str], list[l
     return header, rows
 
 
-# ------------------------------------------------------------------------------ rendering
+def trial_cost(t: Trial) -> tuple[float, str]:
+    """(device-hours, unit) a trial's epochs took: GPU-hours when its workers held GPUs, else
+    CPU-hours — epoch seconds × workers × devices per worker."""
+    c = t.config
+    per = c["gpus_per_worker"] or c["cpus_per_worker"]
+    return sum(e["epoch_seconds"] for e in t.history) * c["workers"] * per / 3600, \
+        ("GPU-hours" if c["gpus_per_worker"] else "CPU-hours")
 
 
-def md_table(header, rows) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
-    return "\n".join(lines)
+def class_names(classes: list[dict]) -> dict[str, str]:
+    """wnid → its first name (words.txt lists synonyms after the first comma)."""
+    return {c["wnid"]: c["name"].split(",")[0].strip() for c in classes}
 
 
-def plot_accuracy(trials: list[Trial], key: str, title: str) -> bytes:
-    """Accuracy vs epoch, one line per model (its best variant): the seed's two plots."""
-    import matplotlib
+# ------------------------------------------------------------------------------ the report
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
-    for model, t in best_per_model(trials).items():
-        ax.plot([e["epoch"] for e in t.history], [100 * e[key] for e in t.history], marker="o", ms=3,
-                label=f"{model} ({t.variant})")
-    from matplotlib.ticker import MaxNLocator
-
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("accuracy (%)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
+def _best_lines(trials, key):
+    return {f"{m} ({t.variant})": [(e["epoch"], e[key]) for e in t.history] for m, t in best_per_model(trials).items()}
 
 
 def build_report(meta: dict, trials: list[Trial]) -> dict[str, bytes]:
-    """All report files, by name."""
+    """All report files, by name: every section is built once, as a structure, and rendered to
+    markdown and to HTML from it."""
     num_classes = meta["dataset"]["classes"]
     sweep = meta["sweep"]
     rows = [trial_row(t, num_classes) for t in trials]
     best = best_per_model(trials)
     overall = max(best.values(), key=lambda t: t.best["val_accuracy"]) if best else None
-    plots = {"train_accuracy.png": plot_accuracy(trials, "train_accuracy", "Training accuracy vs epoch"),
-             "val_accuracy.png": plot_accuracy(trials, "val_accuracy", "Validation accuracy vs epoch")}
-
+    images = {"train_accuracy.png": plots.accuracy_vs_epoch(_best_lines(trials, "train_accuracy"),
+                                                            "Training accuracy vs epoch"),
+              "val_accuracy.png": plots.accuracy_vs_epoch(_best_lines(trials, "val_accuracy"),
+                                                          "Validation accuracy vs epoch")}
     columns = axis_columns(trials)
-    sched = sweep["scheduler"]["type"]
     setting = lambda key: shared_setting(trials, key) if trials else "–"  # noqa: E731
-    sections = []
-    sections.append(f"# tinyray comparison report: {sweep['name']}\n\n"
-                    f"Dataset: {meta['data']} — {num_classes} classes, {meta['dataset']['train']:,} train / "
-                    f"{meta['dataset']['val']:,} val images. {len(trials)} trials "
-                    f"({sum(t.status == 'completed' for t in trials)} completed, "
-                    f"{sum(t.status == 'stopped early' for t in trials)} stopped early, "
-                    f"{sum(t.status == 'failed' for t in trials)} failed, "
-                    f"{sum(t.status == 'incomplete' for t in trials)} incomplete) over "
-                    + (", ".join(f"{axis} ({len(values)})" for axis, values in sweep["grid"].items()) or "no axis")
-                    + f"; scheduler {sched}, {setting('epochs')} epochs, batch {setting('batch_size')} per worker × "
-                    f"{setting('workers')} worker(s).")
+    counts = {s: sum(t.status == s for t in trials) for s in ("completed", "stopped early", "failed", "incomplete")}
+    intro = [para(f"Dataset: {meta['data']} — {num_classes} classes, {meta['dataset']['train']:,} train / "
+                  f"{meta['dataset']['val']:,} val images. {len(trials)} trials ("
+                  + ", ".join(f"{n} {s}" for s, n in counts.items()) + ") over "
+                  + (", ".join(f"{axis} ({len(values)})" for axis, values in sweep["grid"].items()) or "no axis")
+                  + f"; scheduler {sweep['scheduler']['type']}, {setting('epochs')} epochs, batch "
+                  f"{setting('batch_size')} per worker × {setting('workers')} worker(s).")]
     header, seed_rows = seed_table(trials, num_classes)
-    sections.append("## The seed's table, reproduced\n\nEach model's best variant (by best-epoch val accuracy) "
-                    "beside the numbers the seed study reported (TensorFlow, one machine, full Tiny ImageNet). "
-                    "Training time is the sum of this run's epoch times.\n\n" + md_table(header, seed_rows))
+    sections = [Section("The seed's table, reproduced", [
+        para("Each model's best variant (by best-epoch val accuracy) beside the numbers the seed study reported "
+             "(TensorFlow, one machine, full Tiny ImageNet). Training time is the sum of this run's epoch times."),
+        Table(header, seed_rows)])]
     if overall:
         b = overall.best
-        sections.append(f"## Best model\n\n**{overall.model}** ({overall.variant}): "
-                        f"val top-1 {_pct(b['val_accuracy'])}, top-5 {_pct(b['val_top5_accuracy'])} "
-                        f"(epoch {b['epoch']}). " + _run_folder_note(overall))
-    sections.append("## Accuracy vs epoch\n\n![Training accuracy vs epoch](train_accuracy.png)\n\n"
-                    "![Validation accuracy vs epoch](val_accuracy.png)")
+        sections.append(Section("Best model", [para(
+            bold(overall.model), f" ({overall.variant}): val top-1 {_pct(b['val_accuracy'])}, top-5 "
+            f"{_pct(b['val_top5_accuracy'])} (epoch {b['epoch']}). ", *_run_folder_note(overall))]))
+    sections.append(Section("Accuracy vs epoch", [Image("train_accuracy.png", "Training accuracy vs epoch"),
+                                                  Image("val_accuracy.png", "Validation accuracy vs epoch")]))
+    sections += cross_model_sections(meta, best, images)
     sections.append(variants_section(trials))
-    gap_rows = [[m, _pct(t.best["train_accuracy"]), _pct(t.best["val_accuracy"]),
-                 f"{100 * (t.best['train_accuracy'] - t.best['val_accuracy']):+.2f} pts"] for m, t in best.items()]
-    sections.append("## Overfitting gap (train − val, best variant)\n\n" +
-                    md_table(["model", "train acc", "val acc", "gap"], gap_rows))
+    sections.append(Section("Overfitting gap (train − val, best variant)", [Table(
+        ["model", "train acc", "val acc", "gap"],
+        [[m, _pct(t.best["train_accuracy"]), _pct(t.best["val_accuracy"]),
+          f"{100 * (t.best['train_accuracy'] - t.best['val_accuracy']):+.2f} pts"] for m, t in best.items()])]))
     odd = [t for t in trials if t.status != "completed"]
-    sections.append("## Stopped-early, failed and incomplete trials\n\n" + (md_table(
+    sections.append(Section("Stopped-early, failed and incomplete trials", [Table(
         ["trial", "model", "variant", "status", "epochs run", "error"],
-        [[t.trial, t.model, t.variant, t.status, len(t.history), t.error or ""] for t in odd])
-        if odd else "None: every trial ran all its epochs."))
-    sections.append("## All trials\n\n" + md_table(
+        [[t.trial, t.model, t.variant, t.status, len(t.history), t.error or ""] for t in odd])] if odd else
+        [para("None: every trial ran all its epochs.")]))
+    sections.append(Section("All trials", [Table(
         columns + ["status", "epochs", "best val top-1", "top-5", "train acc", "time", "images/s"],
         [[_cell(r[c]) for c in columns] + [r["status"], r["epochs_run"], _pct(r["val_accuracy"]),
           _pct(r["val_top5_accuracy"]), _pct(r["train_accuracy"]), _dur(r["training_seconds"]),
-          "–" if r["images_per_second"] is None else f"{r['images_per_second']:.0f}"] for r in rows]))
+          "–" if r["images_per_second"] is None else f"{r['images_per_second']:.0f}"] for r in rows])]))
     sections.append(reproduce_section(meta))
-    md = "\n\n".join(sections) + "\n"
+    title = f"tinyray comparison report: {sweep['name']}"
 
     out_csv = io.StringIO()
     writer = csv.DictWriter(out_csv, fieldnames=["trial", *columns, *RESULT_FIELDS])
     writer.writeheader()
     writer.writerows(rows)
-    results = {"sweep": sweep, "dataset": meta["dataset"], "cluster": meta["cluster"], "versions": meta["versions"],
+    results = {"sweep": sweep, "dataset": meta["dataset"], "cluster": meta["cluster"],
+               "provenance": meta.get("provenance"),
                "best": {"model": overall.model, "axes": overall.axes, "config": overall.config,
                         "val_accuracy": overall.best["val_accuracy"]} if overall else None,
                "trials": [{**r, "config": t.config, "history": t.history} for r, t in zip(rows, trials)]}
-    return {"report.md": md.encode(), "report.html": to_html(md, plots).encode(),
+    return {"report.md": to_markdown(title, intro, sections).encode(),
+            "report.html": to_html(title, intro, sections, images).encode(),
             "results.csv": out_csv.getvalue().encode(), "results.json": json.dumps(results, indent=1).encode(),
-            **plots}
+            **images}
 
 
-def _run_folder_note(t: Trial) -> str:
-    folder = f"`train-runs/{TrainConfig.from_dict(t.config).run_name}`"
+def cross_model_sections(meta: dict, best: dict[str, Trial], images: dict[str, bytes]) -> list[Section]:
+    """The models side by side: against the seed and the cost, then class by class from each best
+    variant's eval.json. Adds its figures to ``images``."""
+    from tinyray.evaluate import compare
+
+    out = []
+    if best:
+        models = list(best)
+        seed = [REGISTRY[m].seed if m in REGISTRY else None for m in models]
+        images["versus_seed.png"] = plots.versus_seed(
+            models, [t.best["val_accuracy"] for t in best.values()], [s.val_accuracy if s else None for s in seed])
+        costs = {m: trial_cost(t) for m, t in best.items()}
+        unit = "GPU-hours" if any(u == "GPU-hours" for _, u in costs.values()) else "CPU-hours"
+        images["accuracy_vs_cost.png"] = plots.accuracy_vs_cost(
+            [(m, costs[m][0], t.best["val_accuracy"]) for m, t in best.items()],
+            [(m, s.training_seconds / 3600, s.val_accuracy) for m, s in zip(models, seed) if s], unit)
+        out.append(Section("Against the seed, and against the cost", [
+            para("Each model's best variant beside the seed's reported val top-1, and val top-1 against what the "
+                 f"trial's epochs cost ({unit}: epoch seconds × workers × devices per worker; the seed's points "
+                 "are its one-GPU training times)."),
+            Image("versus_seed.png", "Val top-1 per model beside the seed's"),
+            Image("accuracy_vs_cost.png", "Val top-1 against training cost")]))
+    evals = {m: t.evaluation for m, t in best.items() if t.evaluation}
+    if not evals:
+        return out
+    cmp = compare(evals)
+    names = class_names(cmp["classes"])
+    label = lambda wnid: f"{wnid} {names[wnid]}"  # noqa: E731
+    wnids = [c["wnid"] for c in cmp["classes"]]
+    images["per_class.png"] = plots.class_heatmap(cmp["models"], cmp["matrix"], [wnids[i] for i in cmp["order"]])
+    blocks = [para(f"From each model's best variant's eval.json (its final model on all {meta['dataset']['val']:,} "
+                   "val images; " + ", ".join(cmp["models"]) + "). Classes run from hardest (left) to easiest."),
+              Image("per_class.png", "Per-class val top-1 across the models")]
+    wrong = cmp["all_wrong"]
+    blocks.append(para(bold(f"Classes every model gets wrong ({len(wrong)}): "),
+                       (", ".join(label(wnids[i]) for i in wrong[:20]) + (f", and {len(wrong) - 20} more"
+                                                                           if len(wrong) > 20 else ""))
+                       if wrong else "none."))
+    if cmp["disagree"]:
+        blocks += [para(bold("Where the models disagree most"), " (val top-1 per class, widest spread first):"),
+                   Table(["class", *cmp["models"], "spread"],
+                         [[label(wnids[i]), *[_pct(v) for v in accs], f"{100 * (max(accs) - min(accs)):.0f} pts"]
+                          for i, accs in cmp["disagree"]])]
+    if cmp["confused"]:
+        blocks += [para(bold("The most confused pairs across the models"), " (images of either class taken for the "
+                        "other, summed over the models):"),
+                   Table(["pair", "images"], [[f"{label(a)} ↔ {label(b)}", n] for a, b, n in cmp["confused"]])]
+    out.append(Section("Class by class", blocks))
+    return out
+
+
+def _run_folder_note(t: Trial) -> list:
+    folder = code(f"train-runs/{TrainConfig.from_dict(t.config).run_name}")
     if t.status == "completed":
-        return f"Its run folder, with result.json and model/model.keras: {folder}."
-    return f"It did not run all its epochs ({t.status}); its last checkpoint is in {folder}."
+        return ["Its run folder, with result.json, eval.json and model/model.keras: ", folder,
+                " (", code("tinyray export"), " makes it a self-contained model)."]
+    return [f"It did not run all its epochs ({t.status}); its last checkpoint is in ", folder, "."]
 
 
 def _cell(value) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def variants_section(trials: list[Trial]) -> str:
+def variants_section(trials: list[Trial]) -> Section:
     """Each model's variants: an optimizer × lr grid when those are the only other axes, else
     one row per variant."""
-    parts = []
+    blocks = []
     for model in dict.fromkeys(t.model for t in trials):
         mine = [t for t in trials if t.model == model]
+        blocks.append(para(bold(model)))
         if all(set(t.axes) <= {"model", "optimizer", "lr"} for t in mine):
             opts, lrs, cells = lr_grid(trials, model)
-            grid_rows = [[o] + [_grid_cell(cells.get((o, lr))) for lr in lrs] for o in opts]
-            parts.append(f"### {model}\n\n" + md_table(["optimizer \\ lr"] + [f"{lr:g}" for lr in lrs], grid_rows))
+            blocks.append(Table(["optimizer \\ lr"] + [f"{lr:g}" for lr in lrs],
+                                [[o] + [_grid_cell(cells.get((o, lr))) for lr in lrs] for o in opts]))
         else:
-            parts.append(f"### {model}\n\n" + md_table(["variant", "best val top-1"], [
+            blocks.append(Table(["variant", "best val top-1"], [
                 [t.variant, _grid_cell((t.best["val_accuracy"] if t.best else None, t.status))] for t in mine]))
-    return "## Variants (best val top-1)\n\n" + "\n\n".join(parts)
+    return Section("Variants (best val top-1)", blocks)
 
 
-def reproduce_section(meta: dict) -> str:
+def reproduce_section(meta: dict) -> Section:
     """How the experiment ran, and the command that runs it again, as written."""
     sweep, cluster, source = meta["sweep"], meta["cluster"], meta.get("source") or {}
     rerun = f"{sweep['name']}-rerun"
     # sweep.yaml beside this report is the sweep below: the file the job ran, its flags applied
     sweep_file = storage.join(sweep["storage"], sweep["name"], "sweep.yaml")
     if source.get("embedded_default"):
-        command = (f"This experiment is the embedded default: the sweep below on a generated sample dataset "
-                   f"in an embedded object store, both made by the job and gone with it. Run it again with "
-                   f"`python jobs/train_all.py --config {sweep_file} --name {rerun}`.")
+        command = ["This experiment is the embedded default: the sweep below on a generated sample dataset in an "
+                   "embedded object store, both made by the job and gone with it. Run it again with ",
+                   code(f"python jobs/train_all.py --config {sweep_file} --name {rerun}"), "."]
     else:
-        command = (f"Run it again (from a checkout of tinyray, at this experiment's versions) with "
-                   f"`ray job submit --working-dir . -- python jobs/train_all.py --config {sweep_file} "
-                   f"--data {meta['data']} --name {rerun}`.")
+        command = ["Run it again (from a checkout of tinyray at the commit above) with ",
+                   code(f"ray job submit --working-dir . -- python jobs/train_all.py --config {sweep_file} "
+                        f"--data {meta['data']} --name {rerun}"), "."]
     nodes = "; ".join(", ".join(f"{k} {v:g}" for k, v in sorted(n.items()) if k in ("CPU", "GPU", DRIVER_RESOURCE))
                       for n in cluster["resources"])
-    return ("## Reproduce\n\n"
-            f"- Cluster: {cluster['nodes']} node(s): {nodes}; {cluster['max_concurrent_trials']} trials at a time.\n"
-            f"- Versions: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()) + "\n"
-            f"- Started: {meta['started']}; object store: {meta['endpoint']}\n"
-            f"- {command}\n\n```yaml\n" + _yaml(sweep) + "```")
+    prov = meta.get("provenance") or {}
+    commit = prov.get("git_commit")
+    items = [f"Cluster: {cluster['nodes']} node(s): {nodes}; {cluster['max_concurrent_trials']} trials at a time.",
+             "Code: " + (f"git commit {commit}" + (" with uncommitted changes" if prov.get("git_dirty") else "")
+                         if commit else "not from a git checkout") + "; versions: "
+             + ", ".join(f"{k} {v}" for k, v in (prov.get("versions") or {}).items()),
+             f"Data: {meta['data']}, manifest sha256 {prov.get('manifest_sha256', '–')}",
+             f"Started: {meta['started']}; object store: {meta['endpoint']}",
+             command]
+    return Section("Reproduce", [Bullets(items), Code(_yaml(sweep), "yaml")])
 
 
 def _yaml(data: dict) -> str:
@@ -387,59 +439,6 @@ def _grid_cell(cell):
     acc, status = cell
     mark = {"stopped early": " (stopped)", "failed": " (failed)", "incomplete": " (incomplete)"}.get(status, "")
     return (_pct(acc) if acc is not None else "–") + mark
-
-
-def to_html(md: str, plots: dict[str, bytes]) -> str:
-    """A self-contained HTML page from the report's markdown subset (headings, paragraphs,
-    tables, images, code blocks); images are embedded as data URIs."""
-    out, table, code = [], [], None
-    for line in md.splitlines():
-        if code is not None:
-            if line.startswith("```"):
-                out.append("<pre>" + html.escape("\n".join(code)) + "</pre>")
-                code = None
-            else:
-                code.append(line)
-            continue
-        if line.startswith("```"):
-            code = []
-            continue
-        if line.startswith("|"):
-            cells = [c.strip() for c in line.strip().strip("|").split("|")]
-            if not all(set(c) <= {"-"} for c in cells):
-                table.append(cells)
-            continue
-        if table:
-            head, *body = table
-            out.append("<table><tr>" + "".join(f"<th>{_inline(c)}</th>" for c in head) + "</tr>" +
-                       "".join("<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in r) + "</tr>" for r in body) +
-                       "</table>")
-            table = []
-        if line.startswith("#"):
-            level = len(line) - len(line.lstrip("#"))
-            out.append(f"<h{level}>{_inline(line[level:].strip())}</h{level}>")
-        elif line.startswith("!["):
-            alt, src = line[2:].split("](", 1)
-            data = base64.b64encode(plots[src.rstrip(")")]).decode()
-            out.append(f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">')
-        elif line.startswith("- "):
-            out.append(f"<li>{_inline(line[2:])}</li>")
-        elif line.strip():
-            out.append(f"<p>{_inline(line)}</p>")
-    style = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
-             "table{border-collapse:collapse;margin:1em 0;font-size:14px}td,th{border:1px solid #ccc;"
-             "padding:4px 8px;text-align:right}td:first-child,th:first-child{text-align:left}"
-             "img{max-width:100%}pre{background:#f5f5f5;padding:1em;overflow:auto}")
-    return f"<!doctype html><html><head><meta charset='utf-8'><title>tinyray report</title><style>{style}</style></head><body>\n" \
-           + "\n".join(out) + "\n</body></html>\n"
-
-
-def _inline(text: str) -> str:
-    import re
-
-    t = html.escape(text)
-    t = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", t)
-    return re.sub(r"`(.+?)`", r"<code>\1</code>", t)
 
 
 def write_report(uri: str, opts: StorageOptions | None = None, experiment: tuple | None = None) -> str:

@@ -310,11 +310,7 @@ def write_sweep_meta(cfg: SweepConfig, data: str, manifest: dict, nodes: list[di
                      opts: StorageOptions, source: dict) -> None:
     """sweep.json and sweep.yaml in the experiment folder: what the report needs, and the
     effective sweep file (flags applied) that reruns it."""
-    import platform
-
-    import ray
-
-    from tinyray.tfk import tf
+    from tinyray.train import provenance
 
     meta = {
         "sweep": cfg.to_dict(),
@@ -325,7 +321,7 @@ def write_sweep_meta(cfg: SweepConfig, data: str, manifest: dict, nodes: list[di
         "cluster": {"nodes": len(nodes), "resources": [{k: v for k, v in n.items() if not k.startswith("node:")}
                                                          for n in nodes],
                     "max_concurrent_trials": concurrency},
-        "versions": {"ray": ray.__version__, "tensorflow": tf.__version__, "python": platform.python_version()},
+        "provenance": provenance(manifest),
         "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "endpoint": opts.describe(),
     }

@@ -53,7 +53,7 @@ def build_trainer(cfg: TrainConfig, manifest: dict, opts: StorageOptions, callba
         train_loop_per_worker,
         train_loop_config={"train": cfg.to_dict(), "num_classes": summary["num_classes"],
                            "steps": steps_per_epoch(manifest["train"]["count"], cfg.batch_size, cfg.workers),
-                           "manifest_summary": summary},
+                           "manifest_summary": summary, "provenance": provenance(manifest)},
         scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.gpus_per_worker > 0,
                                      resources_per_worker=resources),
         datasets=train_datasets(cfg.data, manifest, opts, IngestConfig(cache=cfg.cache)),
@@ -67,6 +67,40 @@ def build_trainer(cfg: TrainConfig, manifest: dict, opts: StorageOptions, callba
             callbacks=list(callbacks),
         ),
     )
+
+
+def provenance(manifest: dict) -> dict:
+    """Where a run came from: the git commit of the code that ran it (with whether it had
+    uncommitted changes; None outside a checkout), the versions, and the dataset's digest (of
+    the manifest's canonical JSON, which names every shard)."""
+    import hashlib
+    import importlib.metadata
+    import os
+    import platform
+    import subprocess
+
+    import tinyray
+
+    checkout = os.path.dirname(os.path.dirname(os.path.abspath(tinyray.__file__)))
+
+    def git(*args):
+        try:
+            out = subprocess.run(["git", "-C", checkout, *args], capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    # Only the checkout tinyray itself was imported from counts (not, say, a repo holding a venv).
+    ours = git("rev-parse", "--show-toplevel") == checkout
+    commit = git("rev-parse", "HEAD") if ours else None
+    return {
+        "git_commit": commit,
+        "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no")) if commit else None,
+        "versions": {"tinyray": tinyray.__version__, "ray": importlib.metadata.version("ray"),
+                     "tensorflow": importlib.metadata.version("tensorflow"),
+                     "tf-keras": importlib.metadata.version("tf-keras"), "python": platform.python_version()},
+        "manifest_sha256": hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest(),
+    }
 
 
 def prepare(cfg: TrainConfig, opts: StorageOptions) -> dict:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import tempfile
 import time
 
@@ -19,6 +18,7 @@ from tinyray.config import OPTIMIZERS, RESULT_FILE, STATE_FILE, TrainConfig
 from tinyray.data import storage
 from tinyray.data.storage import StorageOptions
 from tinyray.errors import TinyrayError
+from tinyray.evaluate import EVAL_FILE, class_report
 from tinyray.tfk import keras, tf
 
 CKPT_PREFIX = "ckpt"
@@ -150,6 +150,9 @@ class Collective:
             ])
 
         self._eval_step = tf.function(lambda x, y: strategy.run(step, args=(x, y)))
+        k = min(5, model.output_shape[-1])
+        self._top_k = tf.function(lambda x: strategy.run(
+            lambda v: tf.math.top_k(tf.cast(model(v, training=False), tf.float32), k).indices, args=(x,)))
         self._sum = tf.function(lambda v: strategy.reduce(
             tf.distribute.ReduceOp.SUM, strategy.run(tf.identity, args=(v,)), axis=None))
 
@@ -161,6 +164,20 @@ class Collective:
             sums += self.strategy.experimental_local_results(self._eval_step(x, y))[0].numpy()
         return self._sum(tf.constant(sums)).numpy()
 
+    def class_tally(self, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+        """(confusion, top-5 hits per class) of the final model over every worker's val images."""
+        from tinyray.data.pipeline import eval_batches
+        from tinyray.evaluate import tally
+
+        confusion, hits = np.zeros((num_classes, num_classes)), np.zeros(num_classes)
+        for x, y in eval_batches(self.val_images, self.val_labels, self.batch_size):
+            c, h = tally(y, self.strategy.experimental_local_results(self._top_k(x))[0].numpy(), num_classes)
+            confusion += c
+            hits += h
+        total = self._sum(tf.constant(np.concatenate([confusion.ravel(), hits]), tf.float64)).numpy()
+        return total[:num_classes ** 2].reshape(num_classes, num_classes).round().astype(np.int64), \
+            total[num_classes ** 2:].round().astype(np.int64)
+
     def sync_sums(self) -> np.ndarray:
         digest = float(weights_digest(self.model))
         return self._sum(tf.constant([1.0, digest, digest * digest], tf.float64)).numpy()
@@ -168,21 +185,25 @@ class Collective:
 
 class EpochEnd(keras.callbacks.Callback):
     """Validate over all workers, checkpoint and report, once per epoch (inside one ``fit``, so
-    the train iterator and its shuffling carry on from epoch to epoch)."""
+    the train iterator and its shuffling carry on from epoch to epoch).
+
+    The last epoch is validated here but checkpointed and reported by the train loop after
+    ``fit`` returns and the run's results are written: a Tune scheduler may end the trial as
+    soon as it sees the last report (ASHA stops a trial at ``max_t``), and rank 0 builds the
+    saved model outside ``fit``'s strategy scope, where creating variables would start a
+    collective that the other workers never join."""
 
     def __init__(self, collective: Collective, ckpt, state: dict, images_per_epoch: int, load_seconds: float,
-                 rank: int):
+                 rank: int, epochs: int):
         super().__init__()
         self.collective, self.ckpt, self.state = collective, ckpt, state
         self.images_per_epoch, self.load_seconds, self.rank = images_per_epoch, load_seconds, rank
-        self.start_epoch = state["epochs_done"]
+        self.start_epoch, self.epochs = state["epochs_done"], epochs
 
     def on_epoch_begin(self, epoch, logs=None):
         self.t_epoch = time.perf_counter()
 
     def on_epoch_end(self, epoch, logs=None):
-        import ray.train
-
         train_seconds = time.perf_counter() - self.t_epoch
         val, sync = self.collective.val_sums(), self.collective.sync_sums()
         metrics = epoch_metrics(epoch, logs, val, sync, train_seconds, time.perf_counter() - self.t_epoch,
@@ -190,12 +211,20 @@ class EpochEnd(keras.callbacks.Callback):
                                 int(self.model.optimizer.iterations.numpy()))
         self.state["history"].append(metrics)
         self.state["epochs_done"] = epoch + 1
-        # Every worker writes (MWMS reads ON_READ variables with a collective while saving);
-        # only rank 0's copy is reported, the others' folders are dropped.
-        with tempfile.TemporaryDirectory() as d:
-            write_checkpoint(self.ckpt, d, self.state)
-            checkpoint = ray.train.Checkpoint.from_directory(d) if self.rank == 0 else None
-            ray.train.report(metrics, checkpoint=checkpoint)
+        if epoch + 1 < self.epochs:
+            checkpoint_and_report(self.ckpt, self.state, self.rank)
+
+
+def checkpoint_and_report(ckpt, state: dict, rank: int) -> None:
+    """The last epoch of ``state``: a checkpoint, and its metrics reported to Ray Train. Every
+    worker writes (MWMS reads ON_READ variables with a collective while saving); only rank 0's
+    copy is reported, the others' folders are dropped."""
+    import ray.train
+
+    with tempfile.TemporaryDirectory() as d:
+        write_checkpoint(ckpt, d, state)
+        checkpoint = ray.train.Checkpoint.from_directory(d) if rank == 0 else None
+        ray.train.report(state["history"][-1], checkpoint=checkpoint)
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -223,27 +252,35 @@ def train_loop_per_worker(config: dict) -> None:
             state = read_checkpoint(strategy, model, ckpt, d)
         print(f"rank {rank}: resuming {cfg.run_name} after epoch {state['epochs_done']}", flush=True)
 
+    t0 = time.perf_counter()
+    ingest = IngestConfig(cache=cfg.cache)
+    val_images, val_labels = load_into_memory(
+        ray.train.get_dataset_shard("val"), ingest, keep=lambda f: rank_of(f, world) == rank)
+    collective = Collective(strategy, model, val_images, val_labels, cfg.batch_size)
+
+    def finish():  # every worker: the class-by-class evaluation and the weights are collectives
+        evaluation = class_report(*collective.class_tally(num_classes), config["manifest_summary"]["classes"])
+        write_results(cfg, model, state, evaluation, config, time.perf_counter() - started, rank)
+
     if state["epochs_done"] < cfg.epochs:
-        t0 = time.perf_counter()
-        ingest = IngestConfig(cache=cfg.cache)
-        val_images, val_labels = load_into_memory(
-            ray.train.get_dataset_shard("val"), ingest, keep=lambda f: rank_of(f, world) == rank)
         train_ds = make_train_dataset(ray.train.get_dataset_shard("train"), ingest, cfg.batch_size,
                                       seed=cfg.seed * 1000 + rank, first_epoch=state["epochs_done"], flip=cfg.flip)
-        epoch_end = EpochEnd(Collective(strategy, model, val_images, val_labels, cfg.batch_size), ckpt, state,
-                             steps * cfg.global_batch, time.perf_counter() - t0, rank)
+        epoch_end = EpochEnd(collective, ckpt, state, steps * cfg.global_batch, time.perf_counter() - t0, rank,
+                             cfg.epochs)
         model.fit(train_ds, epochs=cfg.epochs, initial_epoch=state["epochs_done"], steps_per_epoch=steps,
                   callbacks=[epoch_end], verbose=0)
+        finish()
+        checkpoint_and_report(ckpt, state, rank)
     else:
         # Every epoch was done before (a rerun, or a driver that died after the run finished):
-        # report the last epoch again so that a Tune trial records its result, and end cleanly.
+        # the results again, and the last epoch reported again so that a Tune trial records it.
+        finish()
         ray.train.report(state["history"][-1])
-    write_results(cfg, model, state, config["manifest_summary"], time.perf_counter() - started, rank)
 
 
-def write_results(cfg: TrainConfig, model, state: dict, manifest_summary: dict, wall_seconds: float,
+def write_results(cfg: TrainConfig, model, state: dict, evaluation: dict, config: dict, wall_seconds: float,
                   rank: int) -> None:
-    """result.json and model/ in the run folder, from rank 0.
+    """result.json, eval.json and model/ in the run folder, from rank 0.
 
     Every worker reads the weights (a collective for MWMS's ON_READ variables); rank 0 copies
     them into a plain model built outside the strategy — saved without the optimizer's slots,
@@ -253,7 +290,8 @@ def write_results(cfg: TrainConfig, model, state: dict, manifest_summary: dict, 
     weights = model.get_weights()
     if rank != 0:
         return
-    plain = create_model(cfg.model, num_classes=manifest_summary["num_classes"], freeze_base=cfg.freeze_base)
+    summary = config["manifest_summary"]
+    plain = create_model(cfg.model, num_classes=summary["num_classes"], freeze_base=cfg.freeze_base)
     plain.set_weights(weights)
     public = cfg.to_dict()  # never holds credentials: those live only in each process's environment
     result = {
@@ -264,32 +302,16 @@ def write_results(cfg: TrainConfig, model, state: dict, manifest_summary: dict, 
         "params": int(plain.count_params()),
         "wall_seconds": wall_seconds,
         "global_batch": cfg.global_batch,
-        "train_count": manifest_summary["train_count"],
-        "val_count": manifest_summary["val_count"],
+        "train_count": summary["train_count"],
+        "val_count": summary["val_count"],
+        "provenance": config["provenance"],
     }
-    opts = StorageOptions.from_env(cfg.endpoint_url)
     with tempfile.TemporaryDirectory() as out:
         os.makedirs(os.path.join(out, "model"))
         plain.save(os.path.join(out, "model", "model.keras"))
-        with open(os.path.join(out, "model", "classes.json"), "w") as f:
-            json.dump({"classes": manifest_summary["classes"], "config": public}, f, indent=1)
-        with open(os.path.join(out, RESULT_FILE), "w") as f:
-            json.dump(result, f, indent=1)
-        upload_dir(out, cfg.run_dir, opts)
-
-
-def upload_dir(local: str, uri: str, opts: StorageOptions) -> None:
-    """Copy a local folder's files into a run folder (local path or s3://)."""
-    for dirpath, _, files in os.walk(local):
-        for name in files:
-            src = os.path.join(dirpath, name)
-            rel = os.path.relpath(src, local)
-            if storage.is_s3(uri):
-                with open(src, "rb") as f:
-                    storage.write_bytes(storage.join(uri, rel), f.read(), opts)
-            else:
-                dst = os.path.join(uri, rel)
-                os.makedirs(os.path.dirname(dst), exist_ok=True)
-                shutil.copyfile(src, dst)
-
-
+        files = {os.path.join("model", "classes.json"): {"classes": summary["classes"], "config": public},
+                 RESULT_FILE: result, EVAL_FILE: evaluation}
+        for name, doc in files.items():
+            with open(os.path.join(out, name), "w") as f:
+                json.dump(doc, f, indent=1)
+        storage.upload_dir(out, cfg.run_dir, StorageOptions.from_env(cfg.endpoint_url))

@@ -187,6 +187,23 @@ def write_bytes(uri: str, data: bytes, opts: StorageOptions) -> None:
         raise explain_s3_error(e, uri, opts) from None
 
 
+def upload_dir(local: str, uri: str, opts: StorageOptions) -> None:
+    """Copy a local folder's files under ``uri`` (a local folder or s3://), keeping their paths."""
+    import shutil
+
+    for dirpath, _, files in os.walk(local):
+        for name in files:
+            src = os.path.join(dirpath, name)
+            rel = os.path.relpath(src, local)
+            if is_s3(uri):
+                with open(src, "rb") as f:
+                    write_bytes(join(uri, rel), f.read(), opts)
+            else:
+                dst = os.path.join(local_path(uri), rel)
+                os.makedirs(os.path.dirname(dst), exist_ok=True)
+                shutil.copyfile(src, dst)
+
+
 def fetch_to_cache(uri: str, opts: StorageOptions | None = None) -> str:
     """Download an ``s3://`` object once into ~/.cache/tinyray and return the local path (Keras
     loads weights from a local file only)."""

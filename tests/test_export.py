@@ -1,0 +1,183 @@
+"""Export and predict: a hand-built experiment folder (a random tinycnn in a real run-folder
+layout), so the whole hand-over path runs without Ray; batch inference on Ray is at the end."""
+import glob
+import io
+import json
+import os
+import subprocess
+
+import numpy as np
+import pytest
+
+from tinyray.config import TrainConfig
+from tinyray.errors import TinyrayError
+from tinyray.evaluate import class_report
+from tinyray.export import choose_trial, export_model, train_command, with_uint8_input
+from tinyray.predict import Export, decode_image, prediction_rows, predict_files, top_k
+
+CLASSES = [{"label": i, "wnid": f"n0000000{i}", "name": f"class {i}, synonym"} for i in range(4)]
+BASE = {"model": "tinycnn", "epochs": 2, "batch_size": 8}
+
+
+def write_experiment(root, lrs_top1=((1e-3, 0.5), (3e-3, 0.75))):
+    """An experiment folder as a sweep leaves it: sweep.json, Tune trial folders, run folders."""
+    from tinyray.models import create_model
+    from tinyray.tfk import keras
+
+    exp = root / "exp"
+    meta = {"sweep": {"name": "exp", "storage": str(root), "train": BASE, "grid": {"lr": [lr for lr, _ in lrs_top1]},
+                      "scheduler": {"type": "fifo"}, "max_concurrent_trials": 1},
+            "data": "s3://b/d", "source": {}, "dataset": {"classes": 4, "train": 96, "val": 24, "skipped": 0},
+            "cluster": {"nodes": 1, "resources": [{"CPU": 2.0}], "max_concurrent_trials": 1},
+            "provenance": {"git_commit": "abc123", "git_dirty": True, "versions": {"tinyray": "0.1.0"},
+                           "manifest_sha256": "d1g35t"},
+            "started": "now", "endpoint": "http://127.0.0.1:9"}
+    exp.mkdir(parents=True)
+    (exp / "sweep.json").write_text(json.dumps(meta))
+    for i, (lr, top1) in enumerate(lrs_top1):
+        cfg = TrainConfig.from_dict({**BASE, "lr": lr, "data": "s3://b/d", "storage": str(exp / "train-runs")})
+        epochs = [{"epoch": e, "train_loss": 1.0, "train_accuracy": 0.5, "val_loss": 1.0, "val_accuracy": top1,
+                   "val_top5_accuracy": 1.0, "val_count": 24, "epoch_seconds": 2.0, "images_per_second": 50.0,
+                   "data_load_seconds": 0.0, "resumed_from_epoch": 0, "optimizer_step": 12 * e} for e in (1, 2)]
+        trial = exp / f"run_trial_{i}"
+        trial.mkdir()
+        (trial / "params.json").write_text(json.dumps({"lr": lr}))
+        (trial / "result.json").write_text("".join(json.dumps(e) + "\n" for e in epochs))
+        run = exp / "train-runs" / cfg.run_name
+        (run / "model").mkdir(parents=True)
+        right = int(round(top1 * 24))
+        confusion = np.zeros((4, 4), int)
+        for k in range(24):  # `right` images on the diagonal, the rest one class over
+            confusion[k % 4, k % 4 if k < right else (k + 1) % 4] += 1
+        (run / "eval.json").write_text(json.dumps(class_report(confusion, np.full(4, 6), CLASSES)))
+        (run / "result.json").write_text(json.dumps({
+            "model": "tinycnn", "run": cfg.run_name, "config": cfg.to_dict(), "epochs": epochs, "params": 36_584 - 196 * 65,
+            "train_count": 96, "val_count": 24, "provenance": meta["provenance"]}))
+        keras.utils.set_random_seed(i)
+        create_model("tinycnn", num_classes=4).save(str(run / "model" / "model.keras"))
+    return exp
+
+
+def test_the_winner_is_exported_as_a_self_contained_uint8_model(tmp_path):
+    from tinyray.tfk import keras
+
+    exp = write_experiment(tmp_path)
+    out = export_model(str(exp), str(tmp_path / "export"))
+    assert sorted(os.listdir(out)) == ["README.md", "classes.json", "eval.json", "export.json", "model.keras"]
+    marker = json.load(open(os.path.join(out, "export.json")))
+    assert marker["run"] == "tinycnn-adam-lr0.003-b8x1-e2-s0" and marker["input"]["dtype"] == "uint8"
+    assert json.load(open(os.path.join(out, "eval.json")))["top1"] == 0.75  # the winner
+    model = keras.models.load_model(os.path.join(out, "model.keras"))  # plain tf_keras, no custom objects
+    trained = keras.models.load_model(str(exp / "train-runs" / marker["run"] / "model" / "model.keras"))
+    x = np.random.default_rng(0).integers(0, 256, (3, 64, 64, 3), dtype=np.uint8)
+    assert model.input.dtype.name == "uint8"
+    np.testing.assert_allclose(model.predict(x, verbose=0), trained.predict(x / 255.0, verbose=0), atol=1e-6)
+    card = open(os.path.join(out, "README.md")).read()
+    assert "git commit abc123 with uncommitted changes" in card and "d1g35t" in card
+    assert "`tinyray train --model tinycnn --data s3://b/d --epochs 2 --batch-size 8 --lr 0.003 --storage " in card
+    assert "| val | 24 | 75.00 % | 100.00 % |" in card
+
+
+@pytest.mark.parametrize("name,message", [
+    ("run_trial_0", None),
+    ("tinycnn-adam-lr0.001-b8x1-e2-s0", None),
+    ("nope", "no trial named nope"),
+])
+def test_a_trial_is_named_by_its_folder_or_run_name(tmp_path, name, message):
+    from tinyray.report import load_experiment
+
+    _, trials = load_experiment(str(write_experiment(tmp_path)))
+    if message:
+        with pytest.raises(TinyrayError, match=message):
+            choose_trial(trials, name)
+    else:
+        assert choose_trial(trials, name).lr == 1e-3
+    assert choose_trial(trials).lr == 3e-3
+
+
+def test_train_command_gives_every_non_default_field():
+    cfg = TrainConfig(model="model2", data="s3://b/d", lr=3e-3, flip=False, workers=2, name="r").to_dict()
+    assert train_command(cfg) == "tinyray train --model model2 --data s3://b/d --workers 2 --lr 0.003 --no-flip --name r"
+
+
+def test_decode_image_reads_what_training_reads_and_names_what_it_cannot():
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("L", (32, 32), 200).save(buf, "PNG")  # grayscale and small: RGB, resized
+    img = decode_image(buf.getvalue())
+    assert img.shape == (64, 64, 3) and img.dtype == np.uint8 and int(img[0, 0, 0]) == 200
+    with pytest.raises(ValueError, match="not a readable image"):
+        decode_image(b"not a jpeg")
+
+
+def test_top_k_and_prediction_rows():
+    probs = np.array([[0.1, 0.6, 0.3, 0.0], [0.25, 0.25, 0.25, 0.25]])
+    tops = top_k(probs, CLASSES, 2)
+    assert [[t["wnid"][-1] for t in row] for row in tops] == [["1", "2"], ["0", "1"]]  # ties: lower label
+    cols = prediction_rows(["a", "b", "c"], [1, None, 1], [None, "not a readable image", None], probs, CLASSES, 2)
+    assert cols["file"] == ["a", "b", "c"] and cols["error"] == ["", "not a readable image", ""]
+    assert cols["top1_wnid"] == ["n00000001", None, "n00000000"] and cols["top2_prob"][0] == pytest.approx(0.3)
+
+
+def test_predict_prints_top_k_as_json_and_skips_what_it_cannot_read(tmp_path, sample_release):
+    exp = write_experiment(tmp_path)
+    export = export_model(str(exp), str(tmp_path / "export"))
+    images = sorted(glob.glob(os.path.join(sample_release, "val", "images", "*.JPEG")))[:5]
+    (tmp_path / "broken.JPEG").write_bytes(b"not a jpeg")
+    out = subprocess.run(["tinyray", "predict", export, *images, str(tmp_path / "broken.JPEG"), "--json", "--top", "3"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    rows = json.loads(out.stdout)
+    assert [r["file"] for r in rows] == images and all(len(r["top"]) == 3 for r in rows)
+    assert all(abs(sum(t["prob"] for t in r["top"]) - 1) < 1 for r in rows)
+    assert rows[0]["top"][0]["name"].startswith("class ")
+    assert out.stderr.strip().splitlines()[-1].startswith(f"skipped {tmp_path}/broken.JPEG: not a readable image")
+    done, skipped = predict_files(Export(export), images, k=1)
+    assert [d["top"][0]["wnid"] for d in done] == [r["top"][0]["wnid"] for r in rows]
+
+
+def test_a_folder_that_is_not_an_export_is_one_line(tmp_path):
+    out = subprocess.run(["tinyray", "predict", str(tmp_path), "x.JPEG"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1 and out.stderr.strip().splitlines() == [
+        f"tinyray: error: {tmp_path} is not a tinyray export (no export.json of format tinyray-export/1): make one "
+        "with 'tinyray export EXPERIMENT --to DIR'"]
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_batch_inference_over_an_s3_prefix_predicts_every_image_and_lists_the_unreadable(ray_cluster, s3, tmp_path):
+    import csv
+
+    from tinyray.data.sample import SampleSpec, write_sample
+    from tinyray.data.storage import s3_client
+    from tinyray.export import write_export
+    from tinyray.models import create_model
+    from tinyray.predict import predict_batch
+    from tinyray.tfk import keras
+
+    top = write_sample(str(tmp_path / "images"), SampleSpec(classes=10, train_per_class=200, val_per_class=1,
+                                                            test_images=1))
+    files = sorted(glob.glob(os.path.join(top, "train", "*", "images", "*.JPEG")))
+    assert len(files) == 2000
+    client = s3_client(s3.options)
+    for path in files:
+        client.put_object(Bucket="tinyray", Key=f"predict-in/{os.path.basename(path)}", Body=open(path, "rb").read())
+    client.put_object(Bucket="tinyray", Key="predict-in/broken.JPEG", Body=b"not a jpeg")
+    keras.utils.set_random_seed(0)
+    classes = [{"label": i, "wnid": f"n{i:08d}", "name": f"class {i}"} for i in range(10)]
+    export = write_export(str(tmp_path / "export"), with_uint8_input(create_model("tinycnn", num_classes=10)),
+                          classes, None, "# a random tinycnn\n", {"model": "tinycnn"}, s3.options)
+    out = predict_batch(Export(export, s3.options), ["s3://tinyray/predict-in/"], str(tmp_path / "preds.csv"), k=3,
+                        opts=s3.options)
+    assert (out["images"], out["predicted"]) == (2001, 2000)
+    assert [s["file"] for s in out["skipped"]] == ["s3://tinyray/predict-in/broken.JPEG"]
+    assert out["skipped"][0]["reason"].startswith("not a readable image")
+    rows = {r["file"]: r for r in csv.DictReader(open(tmp_path / "preds.csv"))}
+    assert len(rows) == 2001
+    # the actors predict what a plain in-process predict does, image by image
+    done, _ = predict_files(Export(export, s3.options), files[::100], k=3)
+    for d in done:
+        row = rows[f"s3://tinyray/predict-in/{os.path.basename(d['file'])}"]
+        assert [row[f"top{i}_wnid"] for i in (1, 2, 3)] == [t["wnid"] for t in d["top"]]
+        assert float(row["top1_prob"]) == pytest.approx(d["top"][0]["prob"], abs=1e-5)

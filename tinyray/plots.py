@@ -1,0 +1,89 @@
+"""The report's figures, as PNG bytes (matplotlib, no display needed)."""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+
+
+def _figure(width: float, height: float):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt, *plt.subplots(figsize=(width, height), dpi=110)
+
+
+def _png(plt, fig) -> bytes:
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def accuracy_vs_epoch(lines: dict[str, list[tuple[int, float]]], title: str) -> bytes:
+    """One line per label: (epoch, accuracy) points — the seed's two plots."""
+    from matplotlib.ticker import MaxNLocator
+
+    plt, fig, ax = _figure(7, 4.2)
+    for label, points in lines.items():
+        ax.plot([e for e, _ in points], [100 * a for _, a in points], marker="o", ms=3, label=label)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _png(plt, fig)
+
+
+def class_heatmap(models: list[str], matrix: np.ndarray, class_labels: list[str]) -> bytes:
+    """Per-class top-1 of each model (rows) over the classes (columns, hardest first)."""
+    n = matrix.shape[1]
+    plt, fig, ax = _figure(min(14, 4 + 0.06 * n + (0.25 * n if n <= 40 else 0)), 1.6 + 0.45 * len(models))
+    image = ax.imshow(100 * matrix, aspect="auto", cmap="RdYlGn", vmin=0, vmax=100, interpolation="nearest")
+    ax.set_yticks(range(len(models)), models)
+    if n <= 40:  # names are readable only on small class counts
+        ax.set_xticks(range(n), class_labels, rotation=90, fontsize=7)
+    else:
+        ax.set_xticks([0, n - 1], ["hardest", "easiest"])
+    ax.set_xlabel(f"{n} classes, ordered by mean top-1 over the models")
+    fig.colorbar(image, ax=ax, label="val top-1 (%)", fraction=0.03)
+    ax.set_title("Per-class val top-1, each model's best variant")
+    return _png(plt, fig)
+
+
+def versus_seed(models: list[str], ours: list[float], seed: list[float | None]) -> bytes:
+    """Our val top-1 per model beside the seed's, as grouped bars."""
+    plt, fig, ax = _figure(7, 3.8)
+    x = np.arange(len(models))
+    ax.bar(x - 0.2, [100 * v for v in ours], 0.4, label="tinyray")
+    ax.bar(x + 0.2, [0 if v is None else v for v in seed], 0.4, label="seed study", color="#999")
+    ax.set_xticks(x, models)
+    ax.set_ylabel("val top-1 (%)")
+    ax.set_title("Val top-1 per model: this experiment and the seed")
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=8)
+    return _png(plt, fig)
+
+
+def accuracy_vs_cost(points: list[tuple[str, float, float]], seed: list[tuple[str, float, float]],
+                     unit: str) -> bytes:
+    """Val top-1 against training cost: (label, device-hours, top-1 0..1) for ours, (label,
+    GPU-hours, top-1 %) for the seed's one-GPU runs."""
+    plt, fig, ax = _figure(7, 4.2)
+    for label, hours, acc in points:
+        ax.scatter(hours, 100 * acc, color="C0")
+        ax.annotate(label, (hours, 100 * acc), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    for label, hours, acc in seed:
+        ax.scatter(hours, acc, marker="x", color="#777")
+        ax.annotate(f"{label} (seed)", (hours, acc), fontsize=7, color="#777", xytext=(3, -9),
+                    textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_xlabel(f"training cost, {unit} (log scale); seed: GPU-hours (×)")
+    ax.set_ylabel("val top-1 (%)")
+    ax.set_title("Accuracy against training cost")
+    ax.grid(alpha=0.3)
+    return _png(plt, fig)

@@ -1,0 +1,153 @@
+"""A small document model, rendered once to markdown and once to self-contained HTML.
+
+The report and the export's model card build a list of ``Section``s of blocks (paragraphs,
+tables, images, code, bullet lists) whose text is plain strings or ``Span``s (``code(…)``,
+``bold(…)``). Each renderer walks that structure: nothing is rendered to one format and parsed
+back into another.
+"""
+from __future__ import annotations
+
+import base64
+import html
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Span:
+    kind: str  # code | bold
+    text: str
+
+
+def code(text) -> Span:
+    return Span("code", str(text))
+
+
+def bold(text) -> Span:
+    return Span("bold", str(text))
+
+
+@dataclass
+class Para:
+    parts: list  # str | Span
+
+
+@dataclass
+class Table:
+    header: list
+    rows: list  # list of rows; a cell is a str, a number or a Span
+
+
+@dataclass
+class Image:
+    file: str  # the name of a file beside the document (embedded in the HTML)
+    alt: str
+
+
+@dataclass
+class Code:
+    text: str
+    lang: str = ""
+
+
+@dataclass
+class Bullets:
+    items: list  # each a list of parts, or one str / Span
+
+
+@dataclass
+class Section:
+    title: str
+    blocks: list = field(default_factory=list)
+    level: int = 2
+
+
+def para(*parts) -> Para:
+    return Para(list(parts))
+
+
+# ---------------------------------------------------------------------------------- markdown
+
+
+def _md_inline(part) -> str:
+    if isinstance(part, Span):
+        return f"`{part.text}`" if part.kind == "code" else f"**{part.text}**"
+    return str(part)
+
+
+def _md_parts(parts) -> str:
+    return "".join(_md_inline(p) for p in (parts if isinstance(parts, list) else [parts]))
+
+
+def _md_cell(cell) -> str:
+    return _md_parts(cell).replace("|", "\\|").replace("\n", " ")
+
+
+def _md_block(block) -> str:
+    if isinstance(block, Para):
+        return _md_parts(block.parts)
+    if isinstance(block, Table):
+        lines = ["| " + " | ".join(_md_cell(h) for h in block.header) + " |", "|" + "---|" * len(block.header)]
+        return "\n".join(lines + ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in block.rows])
+    if isinstance(block, Image):
+        return f"![{block.alt}]({block.file})"
+    if isinstance(block, Code):
+        return f"```{block.lang}\n{block.text.rstrip()}\n```"
+    if isinstance(block, Bullets):
+        return "\n".join(f"- {_md_parts(item)}" for item in block.items)
+    raise TypeError(f"not a block: {block!r}")
+
+
+def to_markdown(title: str, intro: list, sections: list[Section]) -> str:
+    out = [f"# {title}"] + [_md_block(b) for b in intro]
+    for s in sections:
+        out.append("#" * s.level + " " + s.title)
+        out += [_md_block(b) for b in s.blocks]
+    return "\n\n".join(out) + "\n"
+
+
+# -------------------------------------------------------------------------------------- HTML
+
+
+def _html_inline(part) -> str:
+    if isinstance(part, Span):
+        tag = "code" if part.kind == "code" else "b"
+        return f"<{tag}>{html.escape(part.text)}</{tag}>"
+    return html.escape(str(part))
+
+
+def _html_parts(parts) -> str:
+    return "".join(_html_inline(p) for p in (parts if isinstance(parts, list) else [parts]))
+
+
+def _html_block(block, images: dict[str, bytes]) -> str:
+    if isinstance(block, Para):
+        return f"<p>{_html_parts(block.parts)}</p>"
+    if isinstance(block, Table):
+        head = "".join(f"<th>{_html_parts(h)}</th>" for h in block.header)
+        body = "".join("<tr>" + "".join(f"<td>{_html_parts(c)}</td>" for c in row) + "</tr>" for row in block.rows)
+        return f"<table><tr>{head}</tr>{body}</table>"
+    if isinstance(block, Image):
+        data = base64.b64encode(images[block.file]).decode()
+        return f'<img alt="{html.escape(block.alt)}" src="data:image/png;base64,{data}">'
+    if isinstance(block, Code):
+        return f"<pre>{html.escape(block.text.rstrip())}</pre>"
+    if isinstance(block, Bullets):
+        return "<ul>" + "".join(f"<li>{_html_parts(item)}</li>" for item in block.items) + "</ul>"
+    raise TypeError(f"not a block: {block!r}")
+
+
+STYLE = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
+         "table{border-collapse:collapse;margin:1em 0;font-size:14px}td,th{border:1px solid #ccc;"
+         "padding:4px 8px;text-align:right}td:first-child,th:first-child{text-align:left}"
+         "img{max-width:100%}pre{background:#f5f5f5;padding:1em;overflow:auto}")
+
+
+def to_html(title: str, intro: list, sections: list[Section], images: dict[str, bytes] | None = None) -> str:
+    """One self-contained page: images are embedded as data URIs."""
+    images = images or {}
+    out = [f"<h1>{html.escape(title)}</h1>"] + [_html_block(b, images) for b in intro]
+    for s in sections:
+        out.append(f"<h{s.level}>{html.escape(s.title)}</h{s.level}>")
+        out += [_html_block(b, images) for b in s.blocks]
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{STYLE}</style></head><body>\n" + "\n".join(out) + "\n</body></html>\n")
