@@ -181,3 +181,15 @@ def test_batch_inference_over_an_s3_prefix_predicts_every_image_and_lists_the_un
         row = rows[f"s3://tinyray/predict-in/{os.path.basename(d['file'])}"]
         assert [row[f"top{i}_wnid"] for i in (1, 2, 3)] == [t["wnid"] for t in d["top"]]
         assert float(row["top1_prob"]) == pytest.approx(d["top"][0]["prob"], abs=1e-5)
+
+
+@pytest.mark.parametrize("cluster,pool", [
+    ({"CPU": 2.0}, {"concurrency": 1, "num_cpus": 1, "threads": 2}),
+    ({"CPU": 16.0}, {"concurrency": 15, "num_cpus": 1, "threads": 1}),
+    ({"CPU": 1.0}, {"concurrency": 1, "num_cpus": 1, "threads": 1}),
+    ({"CPU": 32.0, "GPU": 4.0}, {"concurrency": 4, "num_gpus": 1, "threads": 2}),
+])
+def test_the_actor_pool_follows_the_cluster(cluster, pool):
+    from tinyray.predict import actor_pool
+
+    assert actor_pool(cluster) == pool

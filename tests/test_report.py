@@ -179,7 +179,7 @@ def test_the_report_compares_the_models_class_by_class():
     section = md.split("## Class by class")[1].split("\n## ")[0]
     assert "![Per-class val top-1 across the models](per_class.png)" in section
     assert files["per_class.png"][:4] == b"\x89PNG"
-    assert "Classes every model gets wrong (1): **n01 tabby" in section
+    assert "**Classes every model gets wrong (1):** n01 tabby" in section
     # n02: 50 % for model1, 10 % for model2 — the widest spread, listed first
     assert "| n02 tiger cat | 50.00 % | 10.00 % | 40 pts |" in section
     # tabby ↔ tiger cat: 6 + 3 + 5 across the two models, either way round
@@ -194,3 +194,12 @@ def test_training_cost_is_device_hours():
     assert trial_cost(t) == (1.0, "CPU-hours")  # 2 × 1800 s × 1 worker × 1 CPU
     t.config = {**t.config, "workers": 4, "gpus_per_worker": 1.0}
     assert trial_cost(t) == (4.0, "GPU-hours")
+
+
+def test_an_experiment_of_the_older_sweep_format_is_one_line(tmp_path):
+    from tinyray.errors import TinyrayError
+    from tinyray.report import load_experiment
+
+    (tmp_path / "sweep.json").write_text(json.dumps({"sweep": {"models": ["model1"], "scheduler": "fifo"}}))
+    with pytest.raises(TinyrayError, match="was written by an older tinyray"):
+        load_experiment(str(tmp_path))

@@ -74,13 +74,16 @@ def accuracy_vs_cost(points: list[tuple[str, float, float]], seed: list[tuple[st
     """Val top-1 against training cost: (label, device-hours, top-1 0..1) for ours, (label,
     GPU-hours, top-1 %) for the seed's one-GPU runs."""
     plt, fig, ax = _figure(7, 4.2)
-    for label, hours, acc in points:
+    # labels alternate above and below their points, so that neighbours (model5 and model6
+    # often sit on one spot) stay readable
+    for i, (label, hours, acc) in enumerate(sorted(points, key=lambda p: (p[1], p[2]))):
         ax.scatter(hours, 100 * acc, color="C0")
-        ax.annotate(label, (hours, 100 * acc), fontsize=7, xytext=(3, 3), textcoords="offset points")
-    for label, hours, acc in seed:
-        ax.scatter(hours, acc, marker="x", color="#777")
-        ax.annotate(f"{label} (seed)", (hours, acc), fontsize=7, color="#777", xytext=(3, -9),
+        ax.annotate(label, (hours, 100 * acc), fontsize=7, xytext=(4, 4 if i % 2 == 0 else -10),
                     textcoords="offset points")
+    for i, (label, hours, acc) in enumerate(sorted(seed, key=lambda p: (p[1], p[2]))):
+        ax.scatter(hours, acc, marker="x", color="#777")
+        ax.annotate(f"{label} (seed)", (hours, acc), fontsize=7, color="#777",
+                    xytext=(4, 4 if i % 2 == 0 else -10), textcoords="offset points")
     ax.set_xscale("log")
     ax.set_xlabel(f"training cost, {unit} (log scale); seed: GPU-hours (×)")
     ax.set_ylabel("val top-1 (%)")

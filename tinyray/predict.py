@@ -166,12 +166,14 @@ def read_sources(sources: list[str], opts: StorageOptions):
 
 
 def actor_pool(cluster: dict) -> dict:
-    """map_batches' actor settings: one actor per GPU where there are GPUs, else one per CPU
-    (each with one TensorFlow thread), keeping one CPU for the file reads."""
-    gpus = int(cluster.get("GPU", 0))
+    """map_batches' actor settings: one actor per GPU where there are GPUs; else one per CPU but
+    one (kept for the file reads), their TensorFlow threads sharing every CPU — the reads are
+    light, and a CPU actor computes as fast as its threads."""
+    gpus, cpus = int(cluster.get("GPU", 0)), max(1, int(cluster.get("CPU", 1)))
     if gpus:
         return {"concurrency": gpus, "num_gpus": 1, "threads": 2}
-    return {"concurrency": max(1, int(cluster.get("CPU", 1)) - 1), "num_cpus": 1, "threads": 1}
+    actors = max(1, cpus - 1)
+    return {"concurrency": actors, "num_cpus": 1, "threads": max(1, cpus // actors)}
 
 
 def predict_batch(export: Export, sources: list[str], out: str, k: int = 5, opts: StorageOptions | None = None,

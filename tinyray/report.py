@@ -104,6 +104,9 @@ def load_experiment(uri: str, opts: StorageOptions | None = None) -> tuple[dict,
         meta = json.loads(storage.read_bytes(storage.join(uri, SWEEP_META), opts))
     except FileNotFoundError:
         raise TinyrayError(f"{uri} is not a tinyray experiment (no {SWEEP_META})") from None
+    if not isinstance(meta.get("sweep", {}).get("scheduler"), dict) or "train" not in meta["sweep"]:
+        raise TinyrayError(f"{uri} was written by an older tinyray (its sweep has no train: and grid:); "
+                           "run the sweep again to report it")
     scheduler = meta["sweep"]["scheduler"]["type"]
     # each trial ran base + axes, on the sweep's data, in the experiment's train-runs/ (sweep.run_sweep)
     base = {**meta["sweep"]["train"], "data": meta["data"], "storage": storage.join(uri, "train-runs")}
@@ -353,7 +356,7 @@ def cross_model_sections(meta: dict, best: dict[str, Trial], images: dict[str, b
                    "val images; " + ", ".join(cmp["models"]) + "). Classes run from hardest (left) to easiest."),
               Image("per_class.png", "Per-class val top-1 across the models")]
     wrong = cmp["all_wrong"]
-    blocks.append(para(bold(f"Classes every model gets wrong ({len(wrong)}): "),
+    blocks.append(para(bold(f"Classes every model gets wrong ({len(wrong)}):"), " ",
                        (", ".join(label(wnids[i]) for i in wrong[:20]) + (f", and {len(wrong) - 20} more"
                                                                            if len(wrong) > 20 else ""))
                        if wrong else "none."))
