@@ -22,11 +22,12 @@ from tinyray.data import storage
 from tinyray.data.storage import StorageOptions
 from tinyray.errors import TinyrayError
 from tinyray.evaluate import EVAL_FILE, summary
+from tinyray.models import INPUT_SHAPE
 from tinyray.render import Bullets, Code, Section, Table, code, para, to_markdown
 
 EXPORT_MARKER = "export.json"
 FORMAT = "tinyray-export/1"
-INPUT = {"shape": [64, 64, 3], "dtype": "uint8", "range": "0..255, RGB"}
+INPUT = {"shape": list(INPUT_SHAPE), "dtype": "uint8", "range": "0..255, RGB"}
 
 
 def choose_trial(trials: list, name: str | None = None):

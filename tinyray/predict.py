@@ -19,12 +19,12 @@ import tempfile
 import numpy as np
 
 from tinyray.data import storage
+from tinyray.data.pipeline import decode_image  # exactly what training reads
 from tinyray.data.storage import StorageOptions
 from tinyray.errors import TinyrayError
 from tinyray.export import EXPORT_MARKER, FORMAT
 
 IMAGE_EXTENSIONS = ("jpeg", "jpg", "png")
-SIZE = 64
 
 
 class Export:
@@ -55,23 +55,6 @@ def load_model(model_bytes: bytes):
 
 
 # ------------------------------------------------------------------------------ pure helpers
-
-
-def decode_image(data: bytes) -> np.ndarray:
-    """An image file's bytes → uint8 (64, 64, 3) as training saw it (RGB; resized if another size).
-    Raises ValueError with the reason for bytes that are not a readable image."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        img = Image.open(io.BytesIO(data))
-        img.load()
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
-        raise ValueError(f"not a readable image ({str(e).splitlines()[0][:120] or type(e).__name__})") from None
-    if img.mode != "RGB":
-        img = img.convert("RGB")
-    if img.size != (SIZE, SIZE):
-        img = img.resize((SIZE, SIZE))
-    return np.asarray(img, np.uint8)
 
 
 def top_k(probs: np.ndarray, classes: list[dict], k: int) -> list[list[dict]]:

@@ -48,18 +48,28 @@ class IngestConfig:
 # ---------------------------------------------------------------------------- pure functions
 
 
-def decode_jpegs(images) -> np.ndarray:
-    """JPEG bytes → uint8 array (n, 64, 64, 3). Grayscale becomes 3 equal channels."""
-    from PIL import Image
+def decode_image(data: bytes) -> np.ndarray:
+    """One image file's bytes → uint8 (64, 64, 3): RGB (grayscale becomes 3 equal channels),
+    resized if another size. Raises ValueError with the reason for bytes that are not an image."""
+    from PIL import Image, UnidentifiedImageError
 
+    try:
+        img = Image.open(io.BytesIO(data))
+        img.load()
+    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+        raise ValueError(f"not a readable image ({str(e).splitlines()[0][:120] or type(e).__name__})") from None
+    if img.mode != "RGB":
+        img = img.convert("RGB")
+    if img.size != (IMAGE_SIZE, IMAGE_SIZE):  # staging re-encodes these; belt and braces
+        img = img.resize((IMAGE_SIZE, IMAGE_SIZE))
+    return np.asarray(img, np.uint8)
+
+
+def decode_jpegs(images) -> np.ndarray:
+    """JPEG bytes → uint8 array (n, 64, 64, 3), each as ``decode_image`` reads it."""
     out = np.empty((len(images), IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
     for i, data in enumerate(images):
-        img = Image.open(io.BytesIO(data))
-        if img.mode != "RGB":
-            img = img.convert("RGB")
-        if img.size != (IMAGE_SIZE, IMAGE_SIZE):  # staging re-encodes these; belt and braces
-            img = img.resize((IMAGE_SIZE, IMAGE_SIZE))
-        out[i] = np.asarray(img)
+        out[i] = decode_image(data)
     return out
 
 
