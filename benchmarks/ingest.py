@@ -114,7 +114,7 @@ def main(argv=None):
             list(pool.map(put, paths))
 
         ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False,
-                 log_to_driver=False, runtime_env={"env_vars": opts.to_env()})
+                 log_to_driver=False, runtime_env={"env_vars": opts.public_env()})
         try:
             # Warm-up: a trial's Ray worker processes are already running when its data starts
             # to flow; start them here so no pipeline pays for process start-up.

@@ -38,7 +38,7 @@ def main(argv=None):
         staged_sample(tmp, s3.options, uri, SampleSpec(classes=10, train_per_class=40, val_per_class=10),
                       rows_per_shard=100)
         ray.init(address="local", num_cpus=os.cpu_count(), resources={"tinyray_driver": os.cpu_count()},
-                 runtime_env={"env_vars": {**s3.env, "TF_USE_LEGACY_KERAS": "1"}}, log_to_driver=False)
+                 runtime_env={"env_vars": {**s3.public_env, "TF_USE_LEGACY_KERAS": "1"}}, log_to_driver=False)
         repoint_stale_cluster_file(ray.get_runtime_context().gcs_address)
         try:
             for scheduler in ("fifo", "asha"):

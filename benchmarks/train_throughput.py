@@ -90,7 +90,7 @@ def main(argv=None):
         plain = plain_fit(args.model, images, labels, classes, args.batch_size, args.epochs)
 
         # 3 logical CPUs: a 2-CPU worker plus room for Ray Data's fractional read tasks.
-        ray.init(address="local", num_cpus=3, runtime_env={"env_vars": {**s3.env, "TF_USE_LEGACY_KERAS": "1"}},
+        ray.init(address="local", num_cpus=3, runtime_env={"env_vars": {**s3.public_env, "TF_USE_LEGACY_KERAS": "1"}},
                  log_to_driver=False)
         try:
             runs = os.path.join(tmp, "runs")

@@ -54,7 +54,7 @@ def ray_cluster(s3):
     from tinyray.cluster import repoint_stale_cluster_file
 
     ray.init(address="local", num_cpus=4, resources={"tinyray_driver": 4},
-             runtime_env={"env_vars": {**s3.env, "TF_USE_LEGACY_KERAS": "1", "RAY_AUTH_MODE": "disabled"}},
+             runtime_env={"env_vars": {**s3.public_env, "TF_USE_LEGACY_KERAS": "1", "RAY_AUTH_MODE": "disabled"}},
              log_to_driver=False)
     # A `ray start` cluster that an earlier test stopped may have left Ray's cluster pointer behind.
     repoint_stale_cluster_file(ray.get_runtime_context().gcs_address)

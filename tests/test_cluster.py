@@ -141,7 +141,7 @@ def test_a_gpu_sweep_makes_the_autoscaler_add_and_remove_nodes(staged, s3, tmp_p
         sweep.write_text("name: fake-gpu\ntrain: {model: tinycnn, epochs: 2, batch_size: 16, workers: 1, "
                          "cpus_per_worker: 1, gpus_per_worker: 1}\ngrid: {lr: [3.0e-3, 1.0e-3]}\n")
         uri, _ = staged
-        runtime_env = {"env_vars": {**s3.env, "TINYRAY_ALLOW_MISSING_GPU": "1"}}
+        runtime_env = {"env_vars": {**s3.public_env, "TINYRAY_ALLOW_MISSING_GPU": "1"}}
         # No --working-dir here: fake nodes share one Ray session folder, and a fake node that
         # the autoscaler removes deletes the uploaded working dir under the running job. The
         # repo is installed (pip install -e), so the job runs the script from the checkout.

@@ -189,6 +189,27 @@ def test_storage_options_come_from_the_aws_variables_and_hide_secrets():
         StorageOptions.from_env("localhost:9000", env={})
 
 
+def test_only_where_the_store_is_may_travel_never_a_key():
+    import pickle
+
+    from tinyray.data.storage import EMBEDDED_KEYS, EMBEDDED_MARKER
+
+    env = {"AWS_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_ACCESS_KEY_ID": "AKID",
+           "AWS_SECRET_ACCESS_KEY": "SECRET-VALUE", "AWS_REGION": "eu-west-1"}
+    opts = StorageOptions.from_env(env=env)
+    assert opts.public_env() == {"AWS_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_REGION": "eu-west-1"}
+    # a filesystem handed to Ray is pickled (task arguments, Tune's tuner.pkl): no key inside
+    assert b"SECRET-VALUE" not in pickle.dumps(filesystem("s3://bkt/x", opts, ship=True)[0])
+    assert b"SECRET-VALUE" in pickle.dumps(filesystem("s3://bkt/x", opts)[0])  # the driver's own, signed
+    # the embedded store's keys are public, local-only: a marker names them for the workers
+    embedded = StorageOptions("http://127.0.0.1:9", *EMBEDDED_KEYS)
+    assert embedded.public_env() == {"AWS_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_REGION": "us-east-1",
+                                     EMBEDDED_MARKER: "1"}
+    assert StorageOptions.from_env(env=embedded.public_env()) == embedded
+    # a node's own keys win over the marker
+    assert StorageOptions.from_env(env={**embedded.public_env(), **env}).secret_key == "SECRET-VALUE"
+
+
 # ------------------------------------------------------------------ the CLI, as a user runs it
 
 

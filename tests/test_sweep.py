@@ -156,6 +156,35 @@ def test_trials_of_different_shapes_are_sized_by_the_largest():
 # -------------------------------------------------------------------- real sweeps (slow)
 
 
+def dashboard_hparams(logdir) -> set:
+    """`tensorboard --logdir LOGDIR` (the README's command) started as this test's child, on its
+    own port; the hyperparameter names its HParams plugin lists. Bounded: 120 s to come up."""
+    import urllib.request
+
+    from conftest import free_port
+
+    port = free_port()
+    proc = subprocess.Popen(["tensorboard", "--logdir", str(logdir), "--port", str(port), "--host", "127.0.0.1"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/data/plugins_listing", timeout=5).read()
+                break
+            except OSError:
+                assert time.time() < deadline and proc.poll() is None, "tensorboard did not come up"
+                time.sleep(1)
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/data/plugin/hparams/experiment",
+                                         data=b'{"experimentName": ""}', method="POST",
+                                         headers={"Content-Type": "application/json", "X-XSRF-Protected": "1"})
+        answer = json.loads(urllib.request.urlopen(request, timeout=30).read())
+        return {h["name"] for h in answer["hparamInfos"]}
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
 def results(exp_uri):
     from tinyray.report import load_experiment
 
@@ -190,14 +219,8 @@ def test_asha_stops_weak_trials_early(ray_cluster, staged, s3, tmp_path):
 
     values = [v for e in tf.compat.v1.train.summary_iterator(events[0]) for v in e.summary.value]
     assert "ray/tune/val_accuracy" in {v.tag for v in values}
-    from tensorboardX.proto import plugin_hparams_pb2 as plugin_data_pb2
-
-    hparams = set()
-    for v in values:
-        if v.metadata.plugin_data.plugin_name == "hparams":
-            data = plugin_data_pb2.HParamsPluginData.FromString(v.metadata.plugin_data.content)
-            hparams |= set(data.session_start_info.hparams)
-    assert hparams == {"optimizer", "lr"}
+    # the dashboards as the README starts them: the HParams tab lists the axes
+    assert dashboard_hparams(exp) == {"optimizer", "lr"}
     # a trial that ran all its epochs is a whole `tinyray train` run folder; one that ASHA
     # stopped (its actor is ended by Tune) keeps the checkpoints of the epochs it ran
     for t in trials:
@@ -212,12 +235,25 @@ def test_asha_stops_weak_trials_early(ray_cluster, staged, s3, tmp_path):
 # ---------------------------------------------- the main job on a `ray start --head` cluster
 
 
+# The head node's own credentials, as an instance profile or the node's environment gives them
+# on a real cluster. They must appear in no log, file or API answer (moto accepts any keys).
+# Made at run time: the tests' own source is uploaded with the working dir and must not match.
+SENTINEL = "tinyray-sentinel-" + __import__("uuid").uuid4().hex
+
+
 @pytest.fixture(scope="module")
 def head_cluster():
-    """A real `ray start --head` cluster, started by this test module and stopped by its pid."""
-    proc, address, env = start_ray_head("--num-cpus=2", '--resources={"tinyray_driver": 2}')
-    yield address, env
+    """A real `ray start --head` cluster, started by this test module and stopped by its pid,
+    with its session folder in a temp dir of its own (short: Ray's socket paths are bounded)."""
+    import shutil
+    import tempfile
+
+    temp = tempfile.mkdtemp(prefix="/tmp/trh")
+    proc, address, env = start_ray_head("--num-cpus=2", '--resources={"tinyray_driver": 2}', f"--temp-dir={temp}",
+                                        env={"AWS_ACCESS_KEY_ID": "sentinel-id", "AWS_SECRET_ACCESS_KEY": SENTINEL})
+    yield address, env, temp, proc.gcs_port
     stop_process_tree(proc)
+    shutil.rmtree(temp, ignore_errors=True)
 
 
 def submit(address, env, *args, wait=True, runtime_env=None):
@@ -242,11 +278,11 @@ def test_the_embedded_default_runs_from_a_plain_install_as_a_ray_job(head_cluste
     where = subprocess.run([sys.executable, "-c", "import tinyray; print(tinyray.__file__)"], cwd=elsewhere,
                            env={**os.environ, **env_vars}, capture_output=True, text=True)
     assert where.stdout.startswith(str(target)), where  # the plain install, not this checkout
-    address, env = head_cluster
-    # --epochs 1 keeps the suite's time: the six seed models on CPU are its slowest test
+    address, env, *_ = head_cluster
+    # --epochs 1 --batch-size 32 keep the suite's time: the six seed models on CPU are its slowest test
     out = submit_job(address, env, ["python", str(elsewhere / "train_all.py"), "--storage", str(tmp_path),
-                                    "--name", "smoke-test", "--epochs", "1"], runtime_env={"env_vars": env_vars},
-                     working_dir=False)
+                                    "--name", "smoke-test", "--epochs", "1", "--batch-size", "32"],
+                     runtime_env={"env_vars": env_vars}, working_dir=False)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "no --data: embedded default" in out.stdout and "sweep smoke-test: 6 trials" in out.stdout
     assert "report: " in out.stdout
@@ -256,7 +292,7 @@ def test_the_embedded_default_runs_from_a_plain_install_as_a_ray_job(head_cluste
     assert [r.split("|")[1].strip() for r in rows] == [f"model{i}" for i in range(1, 7)]
     assert "no finished epoch" not in table
     assert "embedded default" in md and f"`python jobs/train_all.py --config {tmp_path}/smoke-test/sweep.yaml --name smoke-test-rerun`" in md
-    assert "6 completed" in md and "1 epochs" in md
+    assert "6 completed" in md and "1 epochs, batch 32 per worker" in md
     assert os.path.exists(tmp_path / "smoke-test" / "report.html")
 
 
@@ -287,13 +323,13 @@ def test_a_killed_sweep_resumes_and_every_trial_leaves_a_model_that_scores_what_
 
     from tinyray.tfk import keras
 
-    address, env = head_cluster
+    address, env, *_ = head_cluster
     uri, manifest = staged
     config = tmp_path / "axes.yaml"
     config.write_text("name: axes\nmax_concurrent_trials: 2\n"
                       "train: {model: tinycnn, epochs: 3, lr: 3e-3, cpus_per_worker: 0.5}\n"
                       "grid: {optimizer: [adam, sgd], batch_size: [8, 16]}\n")
-    runtime_env = {"env_vars": s3.env}
+    runtime_env = {"env_vars": s3.public_env}
     args = ("--config", str(config), "--data", uri, "--storage", str(tmp_path))
     out = submit(address, env, *args, wait=False, runtime_env=runtime_env)
     assert out.returncode == 0, out.stderr
@@ -368,3 +404,59 @@ def test_a_killed_sweep_resumes_and_every_trial_leaves_a_model_that_scores_what_
     assert out.returncode == 0, out.stderr
     right = sum(r["top"][0]["wnid"] == truth[os.path.basename(r["file"])] for r in json.loads(out.stdout))
     assert abs(right - round(evaluation["top1"] * evaluation["count"])) <= 1 and evaluation["count"] == len(images)
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_no_credential_reaches_a_log_a_file_or_the_state_api(head_cluster, staged, s3, tmp_path):
+    """A `tinyray train` run and a sweep, S3 data and S3 storage, on a cluster whose nodes hold
+    credentials: the secret is in no console output, no object the runs wrote, no file of the
+    Ray session and no answer of the state API."""
+    from ray.util.state import list_actors, list_jobs
+
+    from tinyray.data.storage import s3_client
+
+    address, env, temp, gcs_port = head_cluster
+    uri, _ = staged
+    runtime_env = {"env_vars": s3.public_env}
+    assert SENTINEL not in json.dumps(runtime_env)
+    config = tmp_path / "one.yaml"
+    config.write_text("name: sentinel\ntrain: {model: tinycnn, epochs: 1, batch_size: 16, cpus_per_worker: 0.5}\n"
+                      "grid: {lr: [3.0e-3]}\n")
+    # both at once (each trial takes half a CPU of the head's two)
+    submitted = [submit_job(address, env, ["tinyray", "train", "--model", "tinycnn", "--data", uri, "--epochs", "1",
+                                           "--batch-size", "16", "--cpus-per-worker", "0.5", "--storage",
+                                           "s3://tinyray/sentinel-runs"], runtime_env=runtime_env, wait=False),
+                 submit(address, env, "--config", str(config), "--data", uri, "--storage",
+                        "s3://tinyray/sentinel-exp", runtime_env=runtime_env, wait=False)]
+    client = JobSubmissionClient(address)
+    jobs = [re.search(r"raysubmit_\w+", out.stdout + out.stderr).group(0) for out in submitted]
+    deadline = time.time() + 600
+    while time.time() < deadline and not all(client.get_job_status(j).is_terminal() for j in jobs):
+        time.sleep(2)
+    for job in jobs:
+        console = client.get_job_logs(job)  # what `ray job submit` shows the person who submitted it
+        assert client.get_job_status(job) == JobStatus.SUCCEEDED, console[-3000:]
+        assert SENTINEL not in console
+    client = s3_client(s3.options)
+    keys = [o["Key"] for prefix in ("sentinel-runs/", "sentinel-exp/")
+            for page in client.get_paginator("list_objects_v2").paginate(Bucket="tinyray", Prefix=prefix)
+            for o in page.get("Contents", [])]
+    assert any(k.endswith("/model/model.keras") for k in keys) and any(k.endswith("report.md") for k in keys)
+    assert any(k.endswith("tuner.pkl") for k in keys)  # Tune pickles its storage filesystem here
+    leaks = [k for k in keys if SENTINEL.encode() in client.get_object(Bucket="tinyray", Key=k)["Body"].read()]
+    assert leaks == []
+    files = [os.path.join(d, f) for d, _, fs in os.walk(temp) for f in fs]
+    assert any("runtime_env" in f for f in files)  # the agent log that used to print every value
+    leaks = []
+    for path in files:
+        try:
+            with open(path, "rb") as f:
+                leaks += [f"{path}: {line[:300]!r}" for line in f.read().splitlines() if SENTINEL.encode() in line]
+        except OSError:  # sockets
+            pass
+    assert leaks == []
+    gcs = f"127.0.0.1:{gcs_port}"
+    for rows in (list_jobs(address=gcs, detail=True), list_actors(address=gcs, detail=True, limit=10_000)):
+        assert rows and SENTINEL not in str(rows)
+

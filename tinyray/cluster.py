@@ -14,6 +14,7 @@ upgrade, recheck each one; delete it when its test passes without it.
 | ``iter_tf_batches`` deadlocks after ~9 epochs (ray-project/ray#62352) | ``to_tf`` in data/pipeline.py | test_pipeline.py (stream mode) |
 | Ray Data's ``equal=True`` split may drop rows | val is read whole and filtered by ``rank_of`` (data/pipeline.py) | test_pipeline.py::test_rank_of_splits_files_exactly_once, val_count in the training tests |
 | A TF checkpoint's optimizer slots restore lazily, after Ray has deleted the downloaded checkpoint folder | ``train.read_checkpoint`` builds the slots first | test_train.py::test_a_checkpoint_restores_weights_and_optimizer_state_before_its_folder_goes |
+| Tune copies the driver's `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` and session token into every trial actor's runtime env (`ray/tune/execution/class_cache.py`, `ENV_VARS_TO_PROPAGATE`), and Ray logs each runtime env in full (`runtime_env_agent.log`) | ``keep_credentials_out_of_tune``: those names are taken out of the set; trial actors sign in with what their node has | test_sweep.py::test_no_credential_reaches_a_log_a_file_or_the_state_api |
 | Fake multi-node clusters share one session folder: removing a node deletes an uploaded working dir | the autoscaling test submits without ``--working-dir`` | test_cluster.py::test_a_gpu_sweep_makes_the_autoscaler_add_and_remove_nodes |
 """
 from __future__ import annotations
@@ -40,8 +41,12 @@ CURRENT_CLUSTER_FILE = "/tmp/ray/ray_current_cluster"
 
 
 def ensure_ray(opts: StorageOptions, address: str | None = None, driver_slots: bool = False) -> None:
-    """Connect to (or start) Ray with the storage settings in every worker's environment.
+    """Connect to (or start) Ray, with where the store is in every worker's environment.
 
+    A credential never travels: Ray logs a runtime env in full and serves it on the dashboard,
+    and a copy taken at submit time would outlive temporary credentials (STS, instance profiles,
+    IRSA) on a long sweep. Each process signs in with what it has where it runs: a local Ray
+    started here inherits this process's environment; a cluster's nodes have their own identity.
     A local Ray started here for a sweep gets ``tinyray_driver`` slots (one per CPU) for Tune's
     trial drivers, as the head node of the cluster configs in cluster/ does.
     """
@@ -50,7 +55,7 @@ def ensure_ray(opts: StorageOptions, address: str | None = None, driver_slots: b
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS") or "local"
-    env = {**opts.to_env(), "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    env = {**opts.public_env(), "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
     job_env = job_runtime_env_vars()
     env = {k: v for k, v in env.items() if k not in job_env}
     kwargs = {}
@@ -91,6 +96,18 @@ def job_runtime_env_vars() -> dict:
 
     job = json.loads(os.environ.get(RAY_JOB_CONFIG_JSON_ENV_VAR) or "{}")
     return dict((job.get("runtime_env") or {}).get("env_vars") or {})
+
+
+# Never copied into a runtime env by tinyray; keep_credentials_out_of_tune stops Tune doing it.
+CREDENTIAL_VARS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SECURITY_TOKEN", "AWS_SESSION_TOKEN")
+
+
+def keep_credentials_out_of_tune() -> None:
+    """Stop Tune from copying this process's AWS keys into every trial's runtime env (see the
+    table above): Ray logs a runtime env in full. Trials sign in as every other process does."""
+    from ray.tune.execution import class_cache
+
+    class_cache.ENV_VARS_TO_PROPAGATE = frozenset(class_cache.ENV_VARS_TO_PROPAGATE) - set(CREDENTIAL_VARS)
 
 
 def cluster_nodes() -> list[dict]:

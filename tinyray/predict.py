@@ -137,7 +137,7 @@ def read_sources(sources: list[str], opts: StorageOptions):
     kinds = {storage.is_s3(s) for s in sources}
     if len(kinds) > 1:
         raise TinyrayError("give either local folders and files or s3:// prefixes, not both")
-    fs, _ = storage.filesystem(sources[0], opts)
+    fs, _ = storage.filesystem(sources[0], opts, ship=True)
     paths = []
     for s in sources:
         path = storage.filesystem(s, opts)[1]

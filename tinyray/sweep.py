@@ -258,7 +258,7 @@ def run_sweep(cfg: SweepConfig, data: str, opts: StorageOptions | None = None, r
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     from tinyray.cluster import (auto_concurrency, check_fits, cluster_capacity, cluster_nodes,
-                                 trial_resources)
+                                 keep_credentials_out_of_tune, trial_resources)
     from tinyray.data.pipeline import steps_per_epoch
     from tinyray.data.stage import load_manifest
 
@@ -275,7 +275,7 @@ def run_sweep(cfg: SweepConfig, data: str, opts: StorageOptions | None = None, r
 
     concurrency = (auto_concurrency(trials, nodes, max_nodes) if cfg.max_concurrent_trials == "auto"
                    else cfg.max_concurrent_trials)
-    fs, exp_path = storage.filesystem(cfg.storage, opts)
+    fs, exp_path = storage.filesystem(cfg.storage, opts, ship=True)
     sched = cfg.scheduler
     scheduler = (ASHAScheduler(time_attr="training_iteration", max_t=max(t.epochs for t in trials),
                                grace_period=sched.grace_period, reduction_factor=sched.reduction_factor)
@@ -285,6 +285,7 @@ def run_sweep(cfg: SweepConfig, data: str, opts: StorageOptions | None = None, r
                                     trial_resources(ray.cluster_resources()))
     experiment_dir = f"{exp_path}/{cfg.name}"
 
+    keep_credentials_out_of_tune()
     write_sweep_meta(cfg, data, manifest, live, concurrency, opts, source or {})
     if resume and tune.Tuner.can_restore(experiment_dir, storage_filesystem=fs):
         print(f"resuming sweep {exp_uri}: finished trials are kept, unfinished ones continue", flush=True)

@@ -43,7 +43,7 @@ def build_trainer(cfg: TrainConfig, manifest: dict, opts: StorageOptions, callba
     from tinyray.worker import train_loop_per_worker
     from tinyray.data.pipeline import IngestConfig, data_config, steps_per_epoch, train_datasets
 
-    fs, path = storage.filesystem(cfg.storage, opts)
+    fs, path = storage.filesystem(cfg.storage, opts, ship=True)
     resources = {"CPU": cfg.cpus_per_worker}
     if cfg.gpus_per_worker:
         resources["GPU"] = cfg.gpus_per_worker

@@ -116,7 +116,7 @@ def read_split(data_uri: str, split: str, manifest: dict, opts: StorageOptions, 
     """A Ray Dataset over one staged split (the Parquet shards named by the manifest)."""
     import ray.data
 
-    fs, root = storage.filesystem(data_uri, opts)
+    fs, root = storage.filesystem(data_uri, opts, ship=True)
     paths = [f"{root}/{s['path']}" for s in manifest[split]["shards"]]
     if not paths:
         raise TinyrayError(f"{data_uri} has no {split} shards")

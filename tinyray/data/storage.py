@@ -16,8 +16,15 @@ from urllib.parse import urlparse
 
 from tinyray.errors import TinyrayError
 
-# Variables that carry storage settings to Ray workers (through the runtime environment).
+# The standard variables of a store's settings, in StorageOptions' field order.
 _ENV_KEYS = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION")
+# Those that may travel to other processes (Ray's runtime env): never a credential. Ray logs a
+# runtime env in full (runtime_env_agent.log) and serves it on the dashboard and the state API.
+PUBLIC_ENV_KEYS = ("AWS_ENDPOINT_URL", "AWS_REGION")
+# The embedded store's keys: fixed, public, local-only (it accepts any). A worker that sees the
+# marker in its environment uses them; they are the only keys that may travel.
+EMBEDDED_KEYS = ("tinyray-local", "tinyray-local-secret")
+EMBEDDED_MARKER = "TINYRAY_EMBEDDED_S3"
 DEFAULT_REGION = "us-east-1"
 
 
@@ -34,10 +41,13 @@ class StorageOptions:
     def from_env(cls, endpoint_url: str | None = None, env=None) -> "StorageOptions":
         """Settings from the AWS variables; an explicit ``endpoint_url`` (a flag) wins."""
         env = os.environ if env is None else env
+        keys = (env.get("AWS_ACCESS_KEY_ID") or None, env.get("AWS_SECRET_ACCESS_KEY") or None)
+        if not any(keys) and env.get(EMBEDDED_MARKER) == "1":
+            keys = EMBEDDED_KEYS
         opts = cls(
             endpoint_url=endpoint_url or env.get("AWS_ENDPOINT_URL") or None,
-            access_key=env.get("AWS_ACCESS_KEY_ID") or None,
-            secret_key=env.get("AWS_SECRET_ACCESS_KEY") or None,
+            access_key=keys[0],
+            secret_key=keys[1],
             region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or DEFAULT_REGION,
         )
         if opts.endpoint_url:
@@ -49,9 +59,22 @@ class StorageOptions:
         return opts
 
     def to_env(self) -> dict[str, str]:
-        """The variables a Ray worker needs to reach the same store (for runtime_env)."""
+        """All the variables of these settings, credentials included: for a process you start
+        yourself (a shell's export, a subprocess's env), never for Ray's runtime env."""
         values = (self.endpoint_url, self.access_key, self.secret_key, self.region)
         return {k: v for k, v in zip(_ENV_KEYS, values) if v}
+
+    def public_env(self) -> dict[str, str]:
+        """What may travel to Ray's workers: where the store is, not how to sign in. Each worker
+        signs in with what its own node has (its environment, an instance profile, IRSA), or,
+        for the embedded store, with its public keys, named by a marker."""
+        env = {k: v for k, v in self.to_env().items() if k in PUBLIC_ENV_KEYS}
+        return {**env, EMBEDDED_MARKER: "1"} if self.embedded else env
+
+    @property
+    def embedded(self) -> bool:
+        """Signs in with the embedded store's keys: public, local-only values (it accepts any)."""
+        return (self.access_key, self.secret_key) == EMBEDDED_KEYS
 
     def describe(self) -> str:
         """The endpoint for messages and reports: never the credentials."""
@@ -88,8 +111,12 @@ def join(uri: str, *parts: str) -> str:
     return out
 
 
-def filesystem(uri: str, opts: StorageOptions):
-    """A pyarrow filesystem and the path inside it for ``uri`` (``s3://…`` or a local path)."""
+def filesystem(uri: str, opts: StorageOptions, ship: bool = False):
+    """A pyarrow filesystem and the path inside it for ``uri`` (``s3://…`` or a local path).
+
+    ``ship=True`` for a filesystem handed to Ray (Ray Data reads, Train and Tune storage): it is
+    pickled into task arguments and Tune's tuner.pkl, so it carries no keys but the embedded
+    store's; each process finds its own credentials (environment, instance profile, IRSA)."""
     import pyarrow.fs as pafs
 
     if not is_s3(uri):
@@ -99,7 +126,7 @@ def filesystem(uri: str, opts: StorageOptions):
     if opts.endpoint_url:
         parsed = urlparse(opts.endpoint_url)
         kwargs.update(endpoint_override=parsed.netloc, scheme=parsed.scheme)
-    if opts.access_key and opts.secret_key:
+    if opts.access_key and opts.secret_key and (opts.embedded or not ship):
         kwargs.update(access_key=opts.access_key, secret_key=opts.secret_key)
     # Bounded retries: an endpoint that has gone away fails in seconds, not minutes.
     kwargs["retry_strategy"] = pafs.AwsStandardS3RetryStrategy(max_attempts=4)
@@ -118,8 +145,7 @@ def s3_client(opts: StorageOptions, attempts: int = 3):
         aws_access_key_id=opts.access_key,
         aws_secret_access_key=opts.secret_key,
         region_name=opts.region,
-        config=Config(connect_timeout=5, read_timeout=60,
-                      retries={"max_attempts": attempts, "mode": "standard"}),
+        config=Config(connect_timeout=5, read_timeout=60, retries={"max_attempts": attempts, "mode": "standard"}),
     )
 
 
@@ -238,8 +264,7 @@ class EmbeddedS3:
     Credentials are fixed, local-only values: the embedded store accepts any.
     """
 
-    ACCESS_KEY = "tinyray-local"
-    SECRET_KEY = "tinyray-local-secret"
+    ACCESS_KEY, SECRET_KEY = EMBEDDED_KEYS
 
     def __init__(self, port: int = 0, bucket: str | None = "tinyray"):
         self.port = port
@@ -280,7 +305,13 @@ class EmbeddedS3:
 
     @property
     def env(self) -> dict[str, str]:
+        """Endpoint and (local-only) credentials, for a process you start yourself."""
         return self.options.to_env()
+
+    @property
+    def public_env(self) -> dict[str, str]:
+        """Endpoint only: what may travel in a Ray runtime env."""
+        return self.options.public_env()
 
     def __enter__(self) -> "EmbeddedS3":
         return self.start()
