@@ -101,7 +101,16 @@ def test_defaults_are_the_seeds():
 
 @pytest.mark.parametrize("kw,nodes,message", [
     ({"workers": 2, "cpus_per_worker": 1}, [{"CPU": 3}], None),
-    ({"workers": 2, "cpus_per_worker": 1}, [{"CPU": 2}], "take all 2 CPUs, leaving none for Ray Data"),
+    ({"workers": 2, "cpus_per_worker": 1}, [{"CPU": 2}], "leave at most 0 CPU free on a node, and Ray Data's file "
+                                                         "listing needs 1 whole CPU .*: --cpus-per-worker 0.5 would fit"),
+    # the issue's two hanging shapes on a 2-CPU machine: 0.5 CPU left is not enough
+    ({"workers": 1, "cpus_per_worker": 1.5}, [{"CPU": 2}], "leave at most 0.5 CPU .*--cpus-per-worker 1 would fit"),
+    ({"workers": 2, "cpus_per_worker": 0.75}, [{"CPU": 2}], "--cpus-per-worker 0.5 would fit"),
+    ({"workers": 2, "cpus_per_worker": 0.5}, [{"CPU": 2}], None),
+    ({"workers": 1, "cpus_per_worker": 2}, [{"CPU": 2}, {"CPU": 2}], None),  # the other node lists
+    ({"workers": 2, "cpus_per_worker": 2}, [{"CPU": 2}, {"CPU": 2}], "--cpus-per-worker 1 would fit"),
+    # GPU workers pack onto the GPU node; the CPU-only head lists
+    ({"workers": 1, "cpus_per_worker": 8, "gpus_per_worker": 1}, [{"CPU": 2}, {"CPU": 8, "GPU": 1}], None),
     ({"workers": 3, "cpus_per_worker": 1}, [{"CPU": 2}], "3 workers × 1 CPU = 3 CPU, more than the cluster"),
     ({"workers": 1, "cpus_per_worker": 4}, [{"CPU": 2}, {"CPU": 2}], "one worker needs 4 CPU"),
     ({"workers": 1, "gpus_per_worker": 1}, [{"CPU": 8}], "one worker needs 1 CPU and 1 GPU"),
@@ -115,6 +124,48 @@ def test_check_fits(kw, nodes, message):
     else:
         with pytest.raises(TinyrayError, match=message):
             check_fits(cfg(**kw), nodes)
+
+
+@pytest.mark.parametrize("kw,free,expected", [
+    # the workers hold theirs; another run holds the rest: what would fit beside it now
+    ({"workers": 1, "cpus_per_worker": 0.5}, 0.75, "0.75 of the cluster's 4 CPU are free (other runs hold the rest): "
+                                                   "--cpus-per-worker 0.25 would fit now"),
+    ({"workers": 2, "cpus_per_worker": 1}, 0.5, "--cpus-per-worker 0.75 would fit now"),
+    ({"workers": 1, "cpus_per_worker": 0.5}, 0.25, "wait for CPUs to free up, or add a node"),
+    ({"workers": 1, "cpus_per_worker": 1}, 2, "the reads are slow, not starved"),
+])
+def test_a_stalled_run_says_what_is_missing_and_what_would_fit(kw, free, expected):
+    from tinyray.cluster import stall_message
+
+    line = stall_message(cfg(**kw), "val", 30, free, 4)
+    assert line.startswith("no val data arrived within 30 s (--data-timeout): Ray Data's file listing needs 1 free "
+                           f"CPU beside this run's {kw['workers']} × {kw['cpus_per_worker']:g} CPU workers")
+    assert expected in line and "\n" not in line
+
+
+def test_the_data_watchdog_bounds_each_wait_and_passes_everything_else_through():
+    from tinyray.data.pipeline import within
+
+    def slow(delays):
+        for i, d in enumerate(delays):
+            time.sleep(d)
+            yield i
+
+    stalled = lambda: TinyrayError("stalled")  # noqa: E731
+    assert list(within(slow([0, 0.05, 0.05]), 2, stalled)) == [0, 1, 2]
+    got = []
+    t0 = time.perf_counter()
+    with pytest.raises(TinyrayError, match="stalled"):
+        for item in within(slow([0, 0, 30]), 0.3, stalled):
+            got.append(item)
+    assert got == [0, 1] and time.perf_counter() - t0 < 5  # bounded: it did not wait for the 30 s batch
+
+    def broken():
+        yield 0
+        raise OSError("the store went away")
+
+    with pytest.raises(OSError, match="went away"):
+        list(within(broken(), 2, stalled))
 
 
 def test_an_autoscaler_node_type_counts_as_room():
@@ -399,3 +450,51 @@ def registered_checkpoint(store, run_prefix):
         return bool(json.loads(body).get("latest_checkpoint_result"))
     except Exception:  # noqa: BLE001 - not written yet
         return False
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_resource_shapes_train_or_are_refused_and_none_hangs(ray_cluster, staged, s3, tmp_path):
+    """On the session's 4-CPU cluster each shape trains an epoch or is refused in one line before
+    any worker starts; a run whose data cannot be read because another job holds the CPU that Ray
+    Data's file listing needs stops at --data-timeout with the line that says what would fit."""
+    import ray
+
+    from tinyray.train import run_training
+
+    uri, _ = staged
+
+    def run(**kw):
+        c = TrainConfig(model="tinycnn", data=uri, epochs=1, batch_size=16, storage=str(tmp_path), max_failures=0,
+                        **kw)
+        t0 = time.time()
+        try:
+            return run_training(c, s3.options), time.time() - t0
+        except TinyrayError as e:
+            return str(e), time.time() - t0
+
+    refused = {(1, 3.5): "--cpus-per-worker 3 would fit", (2, 1.75): "--cpus-per-worker 1.5 would fit",
+               (3, 1.25): "--cpus-per-worker 1 would fit"}
+    for (workers, cpus), hint in refused.items():
+        out, seconds = run(workers=workers, cpus_per_worker=cpus)
+        assert isinstance(out, str) and out.endswith(hint) and "\n" not in out, out
+        assert seconds < 15  # refused before any worker started
+    for workers, cpus in [(1, 0.5), (2, 1.5)]:  # 2 × 1.5 leaves exactly the 1 CPU the listing needs
+        out, _ = run(workers=workers, cpus_per_worker=cpus)
+        assert [e["epoch"] for e in out.result["epochs"]] == [1] and out.result["config"]["workers"] == workers
+
+    @ray.remote(num_cpus=2.75)
+    class OtherJob:
+        def ready(self):
+            return True
+
+    other = OtherJob.remote()
+    ray.get(other.ready.remote())
+    try:  # 2.75 held elsewhere + this run's 0.5: 0.75 CPU free, the listing never starts
+        out, seconds = run(workers=1, cpus_per_worker=0.5, data_timeout=15, name="starved")
+    finally:
+        ray.kill(other)
+    assert isinstance(out, str) and "\n" not in out, out
+    assert out.startswith("training starved stopped: no val data arrived within 15 s (--data-timeout)"), out
+    assert "0.75 of the cluster's 4 CPU are free" in out and out.endswith("--cpus-per-worker 0.25 would fit now")
+    assert seconds < 120

@@ -15,6 +15,7 @@ from tinyray.errors import TinyrayError
 
 
 def _cmd_models(args) -> int:
+    from tinyray.console import format_table
     from tinyray.models import describe_models
 
     rows = describe_models()
@@ -27,21 +28,6 @@ def _cmd_models(args) -> int:
           r["description"]] for r in rows],
     ))
     return 0
-
-
-def format_table(header: list[str], rows: list[list[str]]) -> str:
-    """A plain fixed-width text table (first column left-aligned, numbers right-aligned)."""
-    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
-
-    def line(cells):
-        out = []
-        for i, (c, w) in enumerate(zip(cells, widths)):
-            c = str(c)
-            numeric = c.replace(",", "").replace(".", "").replace("%", "").isdigit()
-            out.append(c.rjust(w) if numeric and i else c.ljust(w))
-        return "  ".join(out).rstrip()
-
-    return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -135,10 +121,9 @@ def _register_data(sub) -> None:
 
 def _cmd_train(args) -> int:
     from tinyray.config import train_config_from_args
-    from tinyray.train import print_epoch_table, run_training
+    from tinyray.train import run_training
 
-    out = run_training(train_config_from_args(args), address=args.address)
-    print_epoch_table(out.result)
+    run_training(train_config_from_args(args), address=args.address, verbose=args.verbose)
     return 0
 
 
@@ -149,6 +134,7 @@ def _register_train(sub) -> None:
                        description="Every flag below is a TrainConfig field, so each is also a sweep axis.")
     add_train_flags(p)
     p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
+    p.add_argument("--verbose", action="store_true", help="show Ray's and TensorFlow's own logs and the workers' output")
     p.set_defaults(func=_cmd_train)
 
 
@@ -164,7 +150,7 @@ def _cmd_sweep(args) -> int:
     if overrides.get("models"):
         overrides["models"] = overrides["models"].split(",")
     train_all(args.config, overrides, resume=args.resume, address=args.address,
-              cluster_config_path=args.cluster_config)
+              cluster_config_path=args.cluster_config, verbose=args.verbose)
     return 0
 
 
@@ -203,6 +189,8 @@ def _register_sweep(sub) -> None:
     p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
     p.add_argument("--cluster-config", help="the cluster launcher YAML (cluster/aws-gpu.yaml): 'auto' concurrency "
                                             "then counts the nodes its autoscaler can still add")
+    p.add_argument("--verbose", action="store_true",
+                   help="show Ray's and TensorFlow's own logs, Tune's per-trial detail and the workers' output")
     add_train_flags(p.add_argument_group("TrainConfig fields (each sets that field for every trial)"),
                     overrides=True, skip=("storage", "name"))
     p.set_defaults(func=_cmd_sweep)

@@ -8,7 +8,7 @@ upgrade, recheck each one; delete it when its test passes without it.
 |---|---|---|
 | Keras 3 fails in MultiWorkerMirroredStrategy's ``fit`` (keras-team/keras#20585, ray-project/ray#47464) | tf-keras: ``TF_USE_LEGACY_KERAS=1`` set on ``import tinyray`` and sent to every worker (``ensure_ray``) | every training test, e.g. test_train.py::test_two_workers_learn_the_sample_in_sync |
 | Tune's default of 1 CPU per trial lets trial drivers hold every CPU, and no Train worker can start (Train V2 then retries its 60 s start timeout forever) | ``trial_resources``: drivers take 0 CPU and a ``tinyray_driver`` slot (or a token of memory) | test_sweep.py::test_trial_drivers_never_take_a_cpu, every sweep test |
-| Ray Data's read tasks cannot run when Train workers hold every CPU: the run hangs | ``DATA_CPUS`` kept free by ``check_fits`` and ``auto_concurrency`` | test_train.py::test_check_fits |
+| Ray Data's file listing (``ListFiles``, the first operator of 2.60's read plan) is a task with Ray Data's default of 1 whole CPU, which ``read_parquet(num_cpus=…)`` does not change: with less than 1 CPU free on every node beside Train's workers, the run hangs and says nothing | ``check_fits`` and ``auto_concurrency`` keep ``LIST_CPUS`` free on a node; the data watchdog (``data.pipeline.within``) ends any wait that is still left in one line | test_train.py::test_check_fits, test_train.py::test_resource_shapes_train_or_are_refused_and_none_hangs |
 | A stale ``/tmp/ray/ray_current_cluster`` (left by a stopped ``ray start``) kills Train's placement-group cleaner, so trials stopped by ASHA keep their workers' resources | ``repoint_stale_cluster_file`` | test_cluster.py::test_stale_cluster_pointer_is_repointed_but_a_live_one_is_kept, test_sweep.py::test_asha_stops_weak_trials_early |
 | Inside ``ray job submit``, ``ray.init(runtime_env=...)`` is refused if it sets a variable the job's runtime env sets | ``job_runtime_env_vars``: the job's values stand | test_sweep.py::test_killed_sweep_resumes_without_rerunning_finished_trials |
 | ``iter_tf_batches`` deadlocks after ~9 epochs (ray-project/ray#62352) | ``to_tf`` in data/pipeline.py | test_pipeline.py (stream mode) |
@@ -23,6 +23,7 @@ import json
 import math
 import os
 import socket
+from dataclasses import replace
 
 from tinyray.config import TrainConfig
 from tinyray.data.pipeline import IngestConfig
@@ -32,15 +33,19 @@ from tinyray.errors import TinyrayError
 # The custom resource that only Tune's trial drivers ask for; the head node of every cluster
 # config in cluster/ offers it, so drivers never sit on (spot) GPU nodes.
 DRIVER_RESOURCE = "tinyray_driver"
-# CPU kept free beside a run's Train workers for Ray Data's Parquet reads.
+# CPU each run's Ray Data read tasks ask for, beside its Train workers.
 DATA_CPUS = IngestConfig.read_cpus
+# Ray Data's file listing runs first, as one task of 1 whole CPU (see the table): some node must
+# keep that much free beside the workers, or no batch ever arrives.
+LIST_CPUS = 1.0
 CURRENT_CLUSTER_FILE = "/tmp/ray/ray_current_cluster"
 
 
 # ----------------------------------------------------------------------------- connecting
 
 
-def ensure_ray(opts: StorageOptions, address: str | None = None, driver_slots: bool = False) -> None:
+def ensure_ray(opts: StorageOptions, address: str | None = None, driver_slots: bool = False,
+               verbose: bool = False) -> None:
     """Connect to (or start) Ray, with where the store is in every worker's environment.
 
     A credential never travels: Ray logs a runtime env in full and serves it on the dashboard,
@@ -48,20 +53,27 @@ def ensure_ray(opts: StorageOptions, address: str | None = None, driver_slots: b
     IRSA) on a long sweep. Each process signs in with what it has where it runs: a local Ray
     started here inherits this process's environment; a cluster's nodes have their own identity.
     A local Ray started here for a sweep gets ``tinyray_driver`` slots (one per CPU) for Tune's
-    trial drivers, as the head node of the cluster configs in cluster/ does.
+    trial drivers, as the head node of the cluster configs in cluster/ does. Quiet unless
+    ``verbose`` (tinyray/console.py): the workers' output stays in Ray's logs.
     """
+    import logging
+
     import ray
+
+    from tinyray.console import quiet_driver, quiet_env
 
     if ray.is_initialized():
         return
+    quiet_driver(verbose)
     address = address or os.environ.get("RAY_ADDRESS") or "local"
-    env = {**opts.public_env(), "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    env = {**opts.public_env(), "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2", **quiet_env(verbose)}
     job_env = job_runtime_env_vars()
     env = {k: v for k, v in env.items() if k not in job_env}
     kwargs = {}
     if address == "local" and driver_slots:
         kwargs["resources"] = {DRIVER_RESOURCE: os.cpu_count() or 1}
-    ray.init(address=address, runtime_env={"env_vars": env}, **kwargs)
+    ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=verbose,
+             logging_level=logging.INFO if verbose else logging.WARNING, **kwargs)
     if address == "local":
         repoint_stale_cluster_file(ray.get_runtime_context().gcs_address)
 
@@ -120,12 +132,32 @@ def cluster_nodes() -> list[dict]:
 # ------------------------------------------------------------------------ what fits (pure)
 
 
+def spare_cpus(cfg: TrainConfig, nodes: list[dict]) -> float:
+    """The most CPU that one node keeps free once the run's workers are placed, each on the
+    fullest node that still holds it (as Train's PACK placement does). -1 if they do not fit."""
+    free = [dict(n) for n in nodes]
+    for _ in range(cfg.workers):
+        fits = [n for n in free if n.get("CPU", 0) + 1e-9 >= cfg.cpus_per_worker
+                and n.get("GPU", 0) + 1e-9 >= cfg.gpus_per_worker]
+        if not fits:
+            return -1.0
+        node = min(fits, key=lambda n: (n.get("GPU", 0) - cfg.gpus_per_worker, n.get("CPU", 0)))
+        node["CPU"] = node.get("CPU", 0) - cfg.cpus_per_worker
+        node["GPU"] = node.get("GPU", 0) - cfg.gpus_per_worker
+    return max((n.get("CPU", 0) for n in free), default=0.0)
+
+
+def quarter(x: float) -> float:
+    """``x`` rounded down to a quarter CPU, the grain of the requests suggested to a user."""
+    return math.floor(x * 4 + 1e-9) / 4
+
+
 def check_fits(cfg: TrainConfig, nodes: list[dict], max_nodes: list[dict] | None = None) -> None:
-    """Refuse, before any worker starts, a run the cluster could never hold.
+    """Refuse, before any worker starts, a run the cluster could never hold or never feed.
 
     ``nodes`` are the cluster's nodes; ``max_nodes`` adds the nodes an autoscaler could still
-    start. A worker's bundle must fit on one node, and all workers plus ``DATA_CPUS`` for Ray
-    Data's reads in the cluster's total.
+    start. A worker's bundle must fit on one node, all workers in the cluster, and some node
+    must keep ``LIST_CPUS`` free beside them for Ray Data's file listing (see the table above).
     """
     candidates = list(nodes) + list(max_nodes or [])
     need = {"CPU": cfg.cpus_per_worker, "GPU": cfg.gpus_per_worker}
@@ -146,12 +178,33 @@ def check_fits(cfg: TrainConfig, nodes: list[dict], max_nodes: list[dict] | None
                 f"{cfg.workers} workers × {per:g} {key} = {per * cfg.workers:g} {key}, more than the "
                 f"cluster could ever hold ({total:g} {key})"
             )
-    total_cpu = sum(n.get("CPU", 0) for n in candidates)
-    if cfg.cpus_per_worker * cfg.workers + DATA_CPUS > total_cpu + 1e-9:
+    spare = spare_cpus(cfg, candidates)
+    if spare + 1e-9 < LIST_CPUS:
+        fit = next((c for c in (quarter(cfg.cpus_per_worker) - k / 4 for k in range(int(cfg.cpus_per_worker * 4)))
+                    if c > 0 and spare_cpus(replace(cfg, cpus_per_worker=c), candidates) + 1e-9 >= LIST_CPUS),
+                   None)
+        hint = (f"--cpus-per-worker {fit:g} would fit" if fit else
+                f"--workers {cfg.workers - 1} would fit" if cfg.workers > 1 else "no smaller request fits")
         raise TinyrayError(
-            f"{cfg.workers} workers × {cfg.cpus_per_worker:g} CPU take all {total_cpu:g} CPUs, leaving none "
-            f"for Ray Data's reads ({DATA_CPUS:g} CPU): lower --cpus-per-worker or --workers"
+            f"{cfg.workers} worker{'s' if cfg.workers > 1 else ''} × {cfg.cpus_per_worker:g} CPU leave at most "
+            f"{max(spare, 0):g} CPU free on a node, and Ray Data's file listing needs {LIST_CPUS:g} whole CPU "
+            f"beside them, or no batch ever arrives: {hint}"
         )
+
+
+def stall_message(cfg: TrainConfig, split: str, seconds: float, free_cpus: float, total_cpus: float) -> str:
+    """The line a run ends in when no batch of ``split`` arrived within ``seconds``, from what
+    the cluster has free while this run's workers hold theirs."""
+    held = cfg.workers * cfg.cpus_per_worker
+    head = (f"no {split} data arrived within {seconds:g} s (--data-timeout): Ray Data's file listing needs "
+            f"{LIST_CPUS:g} free CPU beside this run's {cfg.workers} × {cfg.cpus_per_worker:g} CPU workers, and "
+            f"{free_cpus:g} of the cluster's {total_cpus:g} CPU are free")
+    if free_cpus + 1e-9 >= LIST_CPUS:
+        return head + ": the reads are slow, not starved; check the object store, or raise --data-timeout"
+    fit = quarter((held + free_cpus - LIST_CPUS) / cfg.workers)
+    if fit > 0:
+        return head + f" (other runs hold the rest): --cpus-per-worker {fit:g} would fit now"
+    return head + " (other runs hold the rest): wait for CPUs to free up, or add a node"
 
 
 def thread_counts(cpus_per_worker: float) -> tuple[int, int]:
@@ -205,7 +258,7 @@ def load_cluster_config(path: str | None) -> dict | None:
 def auto_concurrency(trials: list[TrainConfig], nodes: list[dict], max_nodes: list[dict] | None = None) -> int:
     """How many trials the cluster can run at once (with what an autoscaler may still add):
     whole trials' worth of worker bundles that fit, node by node, with ``DATA_CPUS`` per trial
-    left free for Ray Data's reads. Trials of different shapes are sized by the largest."""
+    and ``LIST_CPUS`` left free for Ray Data. Trials of different shapes are sized by the largest."""
     workers = max(t.workers for t in trials)
     per = {"CPU": max(t.cpus_per_worker for t in trials), "GPU": max(t.gpus_per_worker for t in trials)}
 
@@ -216,7 +269,9 @@ def auto_concurrency(trials: list[TrainConfig], nodes: list[dict], max_nodes: li
     everything = list(nodes) + list(max_nodes or [])
     slots = sum(bundles(n) for n in everything) // workers
     total_cpu = sum(n.get("CPU", 0) for n in everything)
-    slots = min(slots, math.floor(total_cpu / (workers * per["CPU"] + DATA_CPUS) + 1e-9))
+    # Every running trial's reads, and one listing at a time (a listing is brief; they queue).
+    while slots > 1 and slots * workers * per["CPU"] + max(LIST_CPUS, slots * DATA_CPUS) > total_cpu + 1e-9:
+        slots -= 1
     drivers = sum(n.get(DRIVER_RESOURCE, 0) for n in nodes)
     if drivers >= 1:
         slots = min(slots, int(drivers))

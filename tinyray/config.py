@@ -65,6 +65,8 @@ class TrainConfig:
                               identity=False)
     max_failures: int = _field(3, "worker-group restarts from the last checkpoint before the run gives up",
                                identity=False)
+    data_timeout: float = _field(600.0, "seconds a worker waits for a batch of data before the run stops and says "
+                                        "what the cluster is missing", identity=False)
     endpoint_url: str | None = _field(None, "S3-compatible endpoint (default: $AWS_ENDPOINT_URL, else AWS); "
                                             "credentials stay in each process's environment", identity=False)
 
@@ -83,6 +85,7 @@ class TrainConfig:
             (self.cpus_per_worker > 0, f"cpus_per_worker must be > 0, got {self.cpus_per_worker}"),
             (self.gpus_per_worker >= 0, f"gpus_per_worker must be >= 0, got {self.gpus_per_worker}"),
             (self.max_failures >= -1, "max_failures must be -1 (forever) or more"),
+            (self.data_timeout > 0, f"data_timeout must be > 0 seconds, got {self.data_timeout}"),
             (self.name is None or re.fullmatch(r"[A-Za-z0-9._=-]+", self.name),
              f"name {self.name!r} may hold only letters, digits and . _ = -"),
         ]

@@ -44,7 +44,7 @@ def experiment_exists(uri: str, opts: StorageOptions) -> bool:
 
 
 def train_all(config: str | None, overrides: dict, resume: bool = False, address: str | None = None,
-              cluster_config_path: str | None = None) -> str:
+              cluster_config_path: str | None = None, verbose: bool = False) -> str:
     """Run (or resume) the sweep and write its report; return the report's URI."""
     from tinyray.cluster import ensure_ray, load_cluster_config
     from tinyray.data.sample import SampleSpec, write_sample
@@ -70,9 +70,9 @@ def train_all(config: str | None, overrides: dict, resume: bool = False, address
         exp = cfg.experiment_uri
         if experiment_exists(exp, opts) and not resume:
             raise TinyrayError(f"experiment {exp} exists: pass --resume to continue it, or --name for a new one")
-        ensure_ray(opts, address, driver_slots=True)
+        ensure_ray(opts, address, driver_slots=True, verbose=verbose)
         source = {"config": config, "embedded_default": embedded_default}
-        run_sweep(cfg, data, opts, resume=resume, cluster_config=cluster_config, source=source)
+        run_sweep(cfg, data, opts, resume=resume, cluster_config=cluster_config, source=source, verbose=verbose)
         experiment = load_experiment(exp, opts)
         report = write_report(exp, opts, experiment)
         print(f"report: {report} (and report.html, results.csv, results.json beside it)", flush=True)

@@ -250,7 +250,7 @@ def run_trial(axes: dict, base: dict) -> None:
 
 
 def run_sweep(cfg: SweepConfig, data: str, opts: StorageOptions | None = None, resume: bool = False,
-              cluster_config: dict | None = None, source: dict | None = None) -> str:
+              cluster_config: dict | None = None, source: dict | None = None, verbose: bool = False) -> str:
     """Run (or resume) the sweep; return the experiment URI. Ray must be initialised.
     ``source`` says how the job was started (sweep file, embedded default), for the report."""
     import ray
@@ -259,6 +259,7 @@ def run_sweep(cfg: SweepConfig, data: str, opts: StorageOptions | None = None, r
 
     from tinyray.cluster import (auto_concurrency, check_fits, cluster_capacity, cluster_nodes,
                                  keep_credentials_out_of_tune, trial_resources)
+    from tinyray.console import epoch_lines_callback, status_table
     from tinyray.data.pipeline import steps_per_epoch
     from tinyray.data.stage import load_manifest
 
@@ -297,9 +298,17 @@ def run_sweep(cfg: SweepConfig, data: str, opts: StorageOptions | None = None, r
             tune_config=tune.TuneConfig(metric=METRIC, mode="max", scheduler=scheduler,
                                         max_concurrent_trials=concurrency),
             run_config=tune.RunConfig(name=cfg.name, storage_path=exp_path, storage_filesystem=fs,
-                                      failure_config=tune.FailureConfig(max_failures=0)),
+                                      failure_config=tune.FailureConfig(max_failures=0),
+                                      callbacks=[epoch_lines_callback(base, list(cfg.grid))],
+                                      # quiet: the callback's lines and tables only (console.py)
+                                      verbose=2 if verbose else 0),
         )
     print(f"sweep {cfg.name}: {len(trials)} trials, {concurrency} at a time, scheduler {sched.type}", flush=True)
+    axes = list(cfg.grid)
+    print(status_table(axes, [(f"{i + 1}", "planned", {a: getattr(t, a) for a in axes}, 0, t.epochs, None)
+                              for i, t in enumerate(trials)]), flush=True)
+    if not verbose:  # Tune's newer console prints its experiment header even when silent
+        os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
     tuner.fit()
     return exp_uri
 

@@ -18,7 +18,7 @@ no TensorFlow, so that a user's mistake is reported before TensorFlow or Ray sta
 from __future__ import annotations
 
 import json
-import sys
+import re
 from dataclasses import dataclass
 
 from tinyray.config import RESULT_FILE, STATE_FILE, TrainConfig
@@ -35,7 +35,7 @@ class TrainResult:
     result: dict  # what result.json holds
 
 
-def build_trainer(cfg: TrainConfig, manifest: dict, opts: StorageOptions, callbacks=()):
+def build_trainer(cfg: TrainConfig, manifest: dict, opts: StorageOptions, callbacks=(), board=None):
     """The TensorflowTrainer of one run."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.tensorflow import TensorflowTrainer
@@ -53,7 +53,8 @@ def build_trainer(cfg: TrainConfig, manifest: dict, opts: StorageOptions, callba
         train_loop_per_worker,
         train_loop_config={"train": cfg.to_dict(), "num_classes": summary["num_classes"],
                            "steps": steps_per_epoch(manifest["train"]["count"], cfg.batch_size, cfg.workers),
-                           "manifest_summary": summary, "provenance": provenance(manifest)},
+                           "manifest_summary": summary, "provenance": provenance(manifest),
+                           "board": board},  # where rank 0 posts its epoch lines (console.Watch)
         scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.gpus_per_worker > 0,
                                      resources_per_worker=resources),
         datasets=train_datasets(cfg.data, manifest, opts, IngestConfig(cache=cfg.cache)),
@@ -113,12 +114,13 @@ def prepare(cfg: TrainConfig, opts: StorageOptions) -> dict:
     return manifest
 
 
-def run(cfg: TrainConfig, opts: StorageOptions, callbacks=(), manifest: dict | None = None) -> TrainResult:
+def run(cfg: TrainConfig, opts: StorageOptions, callbacks=(), manifest: dict | None = None,
+        board=None) -> TrainResult:
     """Train ``cfg`` on the connected Ray cluster; return what its run folder's result.json holds.
 
     The one code path for ``tinyray train`` and for every Tune trial (which passes Tune's report
     callback). A failure is one line, the same everywhere it is shown."""
-    trainer = build_trainer(cfg, manifest or prepare(cfg, opts), opts, callbacks)
+    trainer = build_trainer(cfg, manifest or prepare(cfg, opts), opts, callbacks, board)
     try:
         trainer.fit()
     except Exception as e:  # noqa: BLE001 - explained in one line; the cause stays chained
@@ -127,16 +129,21 @@ def run(cfg: TrainConfig, opts: StorageOptions, callbacks=(), manifest: dict | N
     return TrainResult(run_dir, json.loads(storage.read_bytes(storage.join(run_dir, RESULT_FILE), opts)))
 
 
-def run_training(cfg: TrainConfig, opts: StorageOptions | None = None, address: str | None = None) -> TrainResult:
+def run_training(cfg: TrainConfig, opts: StorageOptions | None = None, address: str | None = None,
+                 verbose: bool = False) -> TrainResult:
     """``tinyray train``: check the config's data and run folder, connect to (or start) Ray, check
-    the run fits, ``run`` it."""
+    the run fits, ``run`` it, with a line per epoch (and a progress bar on a terminal)."""
     from tinyray.cluster import check_fits, cluster_nodes, ensure_ray
+    from tinyray.console import Watch
 
     opts = opts or StorageOptions.from_env(cfg.endpoint_url)
     manifest = prepare(cfg, opts)
-    ensure_ray(opts, address)
+    ensure_ray(opts, address, verbose=verbose)
     check_fits(cfg, cluster_nodes())
-    out = run(cfg, opts, manifest=manifest)
+    print(f"training {cfg.run_name}: {cfg.workers} worker(s) × {cfg.cpus_per_worker:g} CPU"
+          + (f" + {cfg.gpus_per_worker:g} GPU" if cfg.gpus_per_worker else ""), flush=True)
+    with Watch() as watch:
+        out = run(cfg, opts, manifest=manifest, board=watch.handle)
     print(f"run folder: {out.run_dir}")
     return out
 
@@ -177,12 +184,8 @@ def explain_training_error(e: BaseException, cfg: TrainConfig, opts: StorageOpti
             f"training stopped: the object store at {opts.describe()} became unreachable; "
             f"rerun with the same --storage to resume from the last checkpoint"
         )
+    ours = re.findall(r"TinyrayError: (.+)", text)
+    if ours:  # a worker's own one-line verdict (a data stall, …) stands as it is
+        return TinyrayError(f"training {cfg.run_name} stopped: {ours[-1].strip()}")
     first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     return TinyrayError(f"training {cfg.run_name} failed after {cfg.max_failures} retries: {first[:300]}")
-
-
-def print_epoch_table(result: dict, out=sys.stdout) -> None:
-    for e in result["epochs"]:
-        print(f"epoch {e['epoch']:3d}  loss {e['train_loss']:.4f}  acc {e['train_accuracy']:.3f}  "
-              f"val_loss {e['val_loss']:.4f}  val_acc {e['val_accuracy']:.3f}  top5 {e['val_top5_accuracy']:.3f}  "
-              f"{e['epoch_seconds']:.1f}s  {e['images_per_second']:.0f} img/s", file=out)

@@ -15,6 +15,7 @@ import time
 import numpy as np
 
 from tinyray.config import OPTIMIZERS, RESULT_FILE, STATE_FILE, TrainConfig
+from tinyray.console import epoch_line, progress_callback
 from tinyray.data import storage
 from tinyray.data.storage import StorageOptions
 from tinyray.errors import TinyrayError
@@ -194,11 +195,11 @@ class EpochEnd(keras.callbacks.Callback):
     collective that the other workers never join."""
 
     def __init__(self, collective: Collective, ckpt, state: dict, images_per_epoch: int, load_seconds: float,
-                 rank: int, epochs: int):
+                 rank: int, epochs: int, board=None):
         super().__init__()
         self.collective, self.ckpt, self.state = collective, ckpt, state
         self.images_per_epoch, self.load_seconds, self.rank = images_per_epoch, load_seconds, rank
-        self.start_epoch, self.epochs = state["epochs_done"], epochs
+        self.start_epoch, self.epochs, self.board = state["epochs_done"], epochs, board
 
     def on_epoch_begin(self, epoch, logs=None):
         self.t_epoch = time.perf_counter()
@@ -211,6 +212,8 @@ class EpochEnd(keras.callbacks.Callback):
                                 int(self.model.optimizer.iterations.numpy()))
         self.state["history"].append(metrics)
         self.state["epochs_done"] = epoch + 1
+        if self.board is not None and self.rank == 0:
+            self.board.post.remote(epoch_line(metrics, self.epochs))
         if epoch + 1 < self.epochs:
             checkpoint_and_report(self.ckpt, self.state, self.rank)
 
@@ -225,6 +228,17 @@ def checkpoint_and_report(ckpt, state: dict, rank: int) -> None:
         write_checkpoint(ckpt, d, state)
         checkpoint = ray.train.Checkpoint.from_directory(d) if rank == 0 else None
         ray.train.report(state["history"][-1], checkpoint=checkpoint)
+
+
+def data_stalled(cfg: TrainConfig, split: str) -> TinyrayError:
+    """The one line for a worker that waited ``cfg.data_timeout`` for a batch: what the cluster
+    has free now, while this run's workers hold theirs, and a request that would fit."""
+    import ray
+
+    from tinyray.cluster import stall_message
+
+    return TinyrayError(stall_message(cfg, split, cfg.data_timeout, ray.available_resources().get("CPU", 0.0),
+                                      ray.cluster_resources().get("CPU", 0.0)))
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -255,7 +269,8 @@ def train_loop_per_worker(config: dict) -> None:
     t0 = time.perf_counter()
     ingest = IngestConfig(cache=cfg.cache)
     val_images, val_labels = load_into_memory(
-        ray.train.get_dataset_shard("val"), ingest, keep=lambda f: rank_of(f, world) == rank)
+        ray.train.get_dataset_shard("val"), ingest, keep=lambda f: rank_of(f, world) == rank,
+        timeout=cfg.data_timeout, stalled=lambda: data_stalled(cfg, "val"))
     collective = Collective(strategy, model, val_images, val_labels, cfg.batch_size)
 
     def finish():  # every worker: the class-by-class evaluation and the weights are collectives
@@ -264,18 +279,22 @@ def train_loop_per_worker(config: dict) -> None:
 
     if state["epochs_done"] < cfg.epochs:
         train_ds = make_train_dataset(ray.train.get_dataset_shard("train"), ingest, cfg.batch_size,
-                                      seed=cfg.seed * 1000 + rank, first_epoch=state["epochs_done"], flip=cfg.flip)
-        epoch_end = EpochEnd(collective, ckpt, state, steps * cfg.global_batch, time.perf_counter() - t0, rank,
-                             cfg.epochs)
+                                      seed=cfg.seed * 1000 + rank, first_epoch=state["epochs_done"], flip=cfg.flip,
+                                      timeout=cfg.data_timeout, stalled=lambda: data_stalled(cfg, "train"))
+        board = config.get("board")  # `tinyray train`'s console (console.Watch); None in a Tune trial
+        callbacks = [EpochEnd(collective, ckpt, state, steps * cfg.global_batch, time.perf_counter() - t0, rank,
+                              cfg.epochs, board)]
+        if board is not None and rank == 0:
+            callbacks.append(progress_callback(board, cfg.epochs, steps, cfg.global_batch))
         model.fit(train_ds, epochs=cfg.epochs, initial_epoch=state["epochs_done"], steps_per_epoch=steps,
-                  callbacks=[epoch_end], verbose=0)
+                  callbacks=callbacks, verbose=0)
         finish()
         checkpoint_and_report(ckpt, state, rank)
     else:
         # Every epoch was done before (a rerun, or a driver that died after the run finished):
         # the results again, and the last epoch reported again so that a Tune trial records it.
         finish()
-        ray.train.report(state["history"][-1])
+        ray.train.report({**state["history"][-1], "resumed_from_epoch": state["epochs_done"]})
 
 
 def write_results(cfg: TrainConfig, model, state: dict, evaluation: dict, config: dict, wall_seconds: float,

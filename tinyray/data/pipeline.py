@@ -145,13 +145,50 @@ def data_config():
 # ------------------------------------------------------------------------ worker side (tf.data)
 
 
-def load_into_memory(iterator, ingest: IngestConfig, keep=None) -> tuple[np.ndarray, np.ndarray]:
+def within(batches, seconds: float, stalled):
+    """Yield from ``batches``, each within ``seconds`` of the one before, or raise ``stalled()``.
+
+    A read that Ray cannot schedule blocks forever and says nothing (cluster.LIST_CPUS): the
+    batches are pulled by a daemon thread, and the wait for each is bounded here. On a stall the
+    thread stays blocked in Ray's iterator; the worker process ends with the run."""
+    import queue
+    import threading
+
+    handoff, end = queue.Queue(maxsize=2), object()
+
+    def pull():
+        try:
+            for batch in batches:
+                handoff.put(batch)
+            handoff.put(end)
+        except BaseException as e:  # noqa: BLE001 - re-raised in the consumer
+            handoff.put(e)
+
+    threading.Thread(target=pull, daemon=True, name="tinyray-data").start()
+    while True:
+        try:
+            item = handoff.get(timeout=seconds)
+        except queue.Empty:
+            raise stalled() from None
+        if item is end:
+            return
+        if isinstance(item, BaseException):
+            raise item
+        yield item
+
+
+def load_into_memory(iterator, ingest: IngestConfig, keep=None, timeout: float | None = None,
+                     stalled=None) -> tuple[np.ndarray, np.ndarray]:
     """Read a worker's shard once and decode it: (uint8 images, int32 labels).
 
     ``keep(file) -> bool`` selects rows (the val split's rank filter); it needs the file column.
+    ``timeout``: at most this many seconds for each batch, then ``stalled()`` is raised.
     """
     images, labels = [], []
-    for batch in iterator.iter_batches(batch_size=ingest.decode_batch, batch_format="numpy"):
+    batches = iterator.iter_batches(batch_size=ingest.decode_batch, batch_format="numpy")
+    if timeout:
+        batches = within(batches, timeout, stalled)
+    for batch in batches:
         if keep is not None:
             mask = np.fromiter((keep(f) for f in batch["file"]), bool, len(batch["file"]))
             batch = {"image": batch["image"][mask], "label": batch["label"][mask]}
@@ -230,10 +267,11 @@ def stream_train_dataset(iterator, batch_size: int, seed: int, flip: bool = True
 
 
 def make_train_dataset(iterator, ingest: IngestConfig, batch_size: int, seed: int, first_epoch: int = 0,
-                       flip: bool = True):
-    """A worker's endless train dataset from its Ray Data shard, in ``ingest.cache`` mode."""
+                       flip: bool = True, timeout: float | None = None, stalled=None):
+    """A worker's endless train dataset from its Ray Data shard, in ``ingest.cache`` mode.
+    (In ``stream`` mode the val split, always loaded first, is what the watchdog guards.)"""
     if ingest.cache == "memory":
-        images, labels = load_into_memory(iterator, ingest)
+        images, labels = load_into_memory(iterator, ingest, timeout=timeout, stalled=stalled)
         return memory_train_dataset(images, labels, batch_size, seed=seed, first_epoch=first_epoch, flip=flip)
     return stream_train_dataset(iterator, batch_size, seed=seed, flip=flip)
 
