@@ -106,9 +106,25 @@ def start_ray_head(*args, env=None, timeout=120, before_start=None):
     return proc, address, env
 
 
-def stop_process_tree(proc):
+def start_ray_node(gcs_address, *args, env=None):
+    """`ray start --address=GCS --block` as this test's own child, in its own process group: one
+    more node of a cluster on this machine, with ports of its own. Stop it with
+    ``stop_process_tree`` (that is how a test loses a node)."""
+    import subprocess
+
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", **(env or {})}
+    own_ports = [f"--{flag}={free_port()}" for flag in (
+        "node-manager-port", "object-manager-port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
+        "metrics-export-port", "runtime-env-agent-port")]
+    return subprocess.Popen(["ray", "start", f"--address={gcs_address}", "--block", "--disable-usage-stats",
+                             *own_ports, *args],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+def stop_process_tree(proc, graceful=True):
     """Stop `ray start --block` and every process it started (fake nodes included), by pid:
-    never `ray stop`, which would stop every Ray on the machine."""
+    never `ray stop`, which would stop every Ray on the machine. ``graceful=False``: SIGKILL at
+    once, as a crashed or reclaimed machine goes (a node given SIGTERM drains first)."""
     import signal
     import subprocess
     import time
@@ -120,14 +136,15 @@ def stop_process_tree(proc):
     except psutil.Error:
         family = [proc.pid]
     try:
-        os.killpg(proc.pid, signal.SIGTERM)
+        os.killpg(proc.pid, signal.SIGTERM if graceful else signal.SIGKILL)
     except ProcessLookupError:
         pass
     try:
         proc.wait(timeout=10)  # gcs_server and raylet may ignore SIGTERM: they are killed below
     except subprocess.TimeoutExpired:
         pass
-    time.sleep(2)
+    if graceful:
+        time.sleep(2)
     for pid in family:
         try:
             os.kill(pid, signal.SIGKILL)

@@ -4,6 +4,7 @@ import copy
 import json
 import os
 import re
+import subprocess
 import time
 
 import pytest
@@ -40,6 +41,16 @@ def test_aws_config_keeps_training_off_the_head_and_scales_gpus_from_zero():
     assert len(gpu_types) >= 2 and all(t["resources"]["GPU"] >= 1 and t["min_workers"] == 0 for t in gpu_types)
     assert {t["resources"]["GPU"] for t in gpu_types} == {1, 4}
     assert cfg["idle_timeout_minutes"] > 0
+    # spot GPU types beside the on-demand ones; the head is on-demand; a spot node turns its
+    # interruption notice into a Ray drain (cluster/spot-drain.sh, started on those types only)
+    spot = {n for n, t in types.items() if t["node_config"].get("InstanceMarketOptions", {}).get("MarketType") == "spot"}
+    assert spot == {"gpu_1x_spot", "gpu_4x_spot"} and cfg["head_node_type"] not in spot
+    for name, t in types.items():
+        starts_watcher = any("cluster/spot-drain.sh" in c for c in t.get("worker_setup_commands", []))
+        assert starts_watcher == (name in spot), name
+    script = os.path.join(CLUSTER, "spot-drain.sh")
+    assert os.access(script, os.X_OK) and "DRAIN_NODE_REASON_PREEMPTION" in open(script).read()
+    assert subprocess.run(["bash", "-n", script]).returncode == 0
     # nothing but SSH open to the world
     perms = cfg["provider"]["security_group"]["IpPermissions"]
     assert [(p["FromPort"], p["ToPort"]) for p in perms] == [(22, 22)]
@@ -97,9 +108,10 @@ def test_cluster_capacity_counts_what_the_autoscaler_can_reach():
     config = load_cluster_config(os.path.join(ROOT, "cluster", "aws-gpu.yaml"))
     nodes, extra = cluster_capacity([{"CPU": 0, "tinyray_driver": 32}], config)
     assert nodes == [{"CPU": 0, "tinyray_driver": 32}]
-    assert extra.count({"CPU": 4, "GPU": 1}) == 8 and extra.count({"CPU": 48, "GPU": 4}) == 2
+    # spot and on-demand: 8 + 8 g5.xlarge, 2 + 2 g5.12xlarge
+    assert extra.count({"CPU": 4, "GPU": 1}) == 16 and extra.count({"CPU": 48, "GPU": 4}) == 4
     seed = load_sweep(os.path.join(ROOT, "sweeps", "seed.yaml")).expand("s3://b/d")
-    # 8 g5.xlarge (1 trial each at 3 CPUs + 1 GPU) + 2 g5.12xlarge (4 GPU each) = 16 slots; 6 trials
+    # 16 g5.xlarge (1 trial each at 3 CPUs + 1 GPU) + 4 g5.12xlarge (4 GPU each) = 32 slots; 6 trials
     assert auto_concurrency(seed, nodes, extra) == 6
     assert cluster_capacity([{"CPU": 2}], None) == ([{"CPU": 2}], [])
 

@@ -43,6 +43,21 @@ def test_parse_trial_keeps_each_epoch_once_from_tunes_result_lines():
     assert "config" not in t.history[0]
 
 
+def test_restarts_are_read_from_where_each_attempt_resumed():
+    from tinyray.report import Trial
+
+    def at(epoch, start, step=0):
+        return {"epoch": epoch, "val_accuracy": 0.1, "resumed_from_epoch": start, "resumed_at_step": step}
+
+    assert Trial("t", {}, {}, [at(1, 0), at(2, 0)]).restarts == []
+    # a node lost in epoch 3 (resumed from epoch 2's checkpoint), then a preemption notice at step 7 of epoch 5
+    history = [at(1, 0), at(2, 0), at(3, 2), at(4, 2), at(5, 4, 7), at(6, 4, 7)]
+    assert Trial("t", {}, {}, history).restarts == ["after epoch 2", "at step 7 of epoch 5"]
+    assert Trial("t", {}, {}, [{"epoch": 1, "val_accuracy": 0.1}]).restarts == []  # older results: no fields
+    # preempted inside the first epoch: no epoch of the first attempt was reported
+    assert Trial("t", {}, {}, [at(1, 0, 3), at(2, 0, 3)]).restarts == ["at step 3 of epoch 1"]
+
+
 @pytest.mark.parametrize("text,line", [
     # what Tune's error.txt holds when a trial's run raised tinyray's one-line error
     ("Failure # 1 (occurred at 2026-11-29)\nray::ImplicitFunc.train() (pid=1)\n  File \"x.py\", line 3\n"

@@ -8,7 +8,6 @@ import threading
 import time
 
 import numpy as np
-import psutil
 import pytest
 
 from tinyray.config import TrainConfig
@@ -190,11 +189,11 @@ def test_epoch_metrics_arithmetic():
     # 2 workers: 40 val images, 10 right, 30 in the top 5; identical weight digests 7 and 7
     m = epoch_metrics(epoch=2, logs=logs, val_sums=(80.0, 10.0, 30.0, 40.0), sync_sums=(2.0, 14.0, 98.0),
                       train_seconds=4.0, epoch_seconds=5.0, images=1024, load_seconds=9.0, start_epoch=2,
-                      optimizer_step=48)
+                      optimizer_step=48, start_step=7)
     assert m == {"epoch": 3, "train_loss": 1.5, "train_accuracy": 0.25, "val_loss": 2.0, "val_accuracy": 0.25,
                  "val_top5_accuracy": 0.75, "val_count": 40, "epoch_seconds": 5.0, "images_per_second": 256.0,
-                 "data_load_seconds": 9.0, "resumed_from_epoch": 2, "optimizer_step": 48, "world_size": 2,
-                 "replicas_in_sync": True}
+                 "data_load_seconds": 9.0, "resumed_from_epoch": 2, "resumed_at_step": 7, "optimizer_step": 48,
+                 "world_size": 2, "replicas_in_sync": True}
     # digests 7 and 9: the replicas drifted apart; a later epoch reports no load time
     m = epoch_metrics(3, logs, (80, 10, 30, 40), (2.0, 16.0, 130.0), 4.0, 5.0, 1024, 9.0, 2, 64)
     assert m["replicas_in_sync"] is False and m["data_load_seconds"] == 0.0 and m["epoch"] == 4
@@ -346,51 +345,6 @@ def latest_state(run_dir):
     return json.load(open(os.path.join(run_dir, ckpts[-1], STATE_FILE)))
 
 
-def train_worker_pids():
-    """PIDs of the live Ray Train workers, from Ray's state API, checked to be processes of this
-    test session's own cluster (descendants of this process)."""
-    import ray
-    from ray.util.state import list_actors
-
-    mine = {p.pid for p in psutil.Process(os.getpid()).children(recursive=True)}
-    actors = list_actors(address=ray.get_runtime_context().gcs_address,
-                         filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
-    return [a.pid for a in actors if a.pid in mine]
-
-
-@pytest.mark.ray
-@pytest.mark.slow
-def test_a_killed_worker_is_replaced_and_training_resumes(ray_cluster, staged, s3, tmp_path):
-    box = {}
-    runs = tmp_path / "runs"
-    # model2's 13M weights are all-reduced every step: epochs of a few seconds, time to kill one.
-    t = threading.Thread(target=lambda: box.setdefault("out", train(tmp_path, staged, s3, epochs=4,
-                                                                     name="kill-test", model="model2")))
-    t.start()
-    deadline = time.time() + 300
-    killed = None
-    while time.time() < deadline and killed is None and t.is_alive():
-        # Kill once Ray Train has registered a checkpoint (its snapshot lists one): a checkpoint
-        # folder alone may still be waiting for the other worker's report.
-        snapshot = runs / "kill-test" / "checkpoint_manager_snapshot.json"
-        if snapshot.exists() and json.loads(snapshot.read_text() or "{}").get("latest_checkpoint_result"):
-            pids = train_worker_pids()
-            if len(pids) >= 2:
-                killed = pids[-1]
-                os.kill(killed, 9)
-        time.sleep(0.2)
-    t.join(timeout=600)
-    assert killed, "no checkpoint appeared, or no worker to kill"
-    epochs = box["out"].result["epochs"]
-    assert [e["epoch"] for e in epochs] == list(range(1, 5))  # every epoch exactly once
-    history = latest_state(str(runs / "kill-test"))["history"]
-    assert max(h["resumed_from_epoch"] for h in history) >= 1  # a restart really happened
-    assert [h["optimizer_step"] for h in history] == [h["epoch"] * history[0]["optimizer_step"] for h in history]
-    # the same --name for another model: refused in one line, before any worker starts
-    with pytest.raises(TinyrayError, match="holds a checkpoint of model2 with 4 classes, not tinycnn with 4"):
-        train(tmp_path, staged, s3, epochs=4, name="kill-test", model="tinycnn")
-
-
 @pytest.mark.ray
 @pytest.mark.slow
 def test_lost_object_store_is_one_clear_error_and_a_rerun_resumes(ray_cluster, staged, s3):
@@ -479,9 +433,8 @@ def test_resource_shapes_train_or_are_refused_and_none_hangs(ray_cluster, staged
         out, seconds = run(workers=workers, cpus_per_worker=cpus)
         assert isinstance(out, str) and out.endswith(hint) and "\n" not in out, out
         assert seconds < 15  # refused before any worker started
-    for workers, cpus in [(1, 0.5), (2, 1.5)]:  # 2 × 1.5 leaves exactly the 1 CPU the listing needs
-        out, _ = run(workers=workers, cpus_per_worker=cpus)
-        assert [e["epoch"] for e in out.result["epochs"]] == [1] and out.result["config"]["workers"] == workers
+    out, _ = run(workers=2, cpus_per_worker=1.5)  # leaves exactly the 1 CPU the listing needs
+    assert [e["epoch"] for e in out.result["epochs"]] == [1] and out.result["config"]["workers"] == 2
 
     @ray.remote(num_cpus=2.75)
     class OtherJob:
@@ -491,10 +444,10 @@ def test_resource_shapes_train_or_are_refused_and_none_hangs(ray_cluster, staged
     other = OtherJob.remote()
     ray.get(other.ready.remote())
     try:  # 2.75 held elsewhere + this run's 0.5: 0.75 CPU free, the listing never starts
-        out, seconds = run(workers=1, cpus_per_worker=0.5, data_timeout=15, name="starved")
+        out, seconds = run(workers=1, cpus_per_worker=0.5, data_timeout=10, name="starved")
     finally:
         ray.kill(other)
     assert isinstance(out, str) and "\n" not in out, out
-    assert out.startswith("training starved stopped: no val data arrived within 15 s (--data-timeout)"), out
+    assert out.startswith("training starved stopped: no val data arrived within 10 s (--data-timeout)"), out
     assert "0.75 of the cluster's 4 CPU are free" in out and out.endswith("--cpus-per-worker 0.25 would fit now")
     assert seconds < 120

@@ -15,7 +15,7 @@ upgrade, recheck each one; delete it when its test passes without it.
 | Ray Data's ``equal=True`` split may drop rows | val is read whole and filtered by ``rank_of`` (data/pipeline.py) | test_pipeline.py::test_rank_of_splits_files_exactly_once, val_count in the training tests |
 | A TF checkpoint's optimizer slots restore lazily, after Ray has deleted the downloaded checkpoint folder | ``train.read_checkpoint`` builds the slots first | test_train.py::test_a_checkpoint_restores_weights_and_optimizer_state_before_its_folder_goes |
 | Tune copies the driver's `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` and session token into every trial actor's runtime env (`ray/tune/execution/class_cache.py`, `ENV_VARS_TO_PROPAGATE`), and Ray logs each runtime env in full (`runtime_env_agent.log`) | ``keep_credentials_out_of_tune``: those names are taken out of the set; trial actors sign in with what their node has | test_sweep.py::test_no_credential_reaches_a_log_a_file_or_the_state_api |
-| Fake multi-node clusters share one session folder: removing a node deletes an uploaded working dir | the autoscaling test submits without ``--working-dir`` | test_cluster.py::test_a_gpu_sweep_makes_the_autoscaler_add_and_remove_nodes |
+| Nodes on one machine (fake multi-node, or several ``ray start``) share one session folder: removing a node deletes an uploaded working dir under the running job | those tests submit without ``--working-dir`` | test_cluster.py::test_a_gpu_sweep_makes_the_autoscaler_add_and_remove_nodes, test_reliability.py |
 """
 from __future__ import annotations
 

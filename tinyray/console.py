@@ -23,7 +23,7 @@ import warnings
 
 # In every worker's environment when quiet (cluster.ensure_ray): TensorFlow's C++ start-up
 # messages (CUDA probes, oneDNN notes) and Ray Data's per-operator progress bars.
-QUIET_ENV = {"TF_CPP_MIN_LOG_LEVEL": "3", "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
+QUIET_ENV = {"TF_CPP_MIN_LOG_LEVEL": "3", "RAY_DATA_DISABLE_PROGRESS_BARS": "1", "TINYRAY_QUIET": "1"}
 
 
 def quiet_env(verbose: bool) -> dict:
@@ -39,6 +39,7 @@ def quiet_driver(verbose: bool) -> None:
     import os
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", QUIET_ENV["TF_CPP_MIN_LOG_LEVEL"])  # read when TF is imported
+    os.environ["TINYRAY_QUIET"] = "1"  # tinyray/tfk.py: TensorFlow's pre-logging notes too
     logging.getLogger("ray").setLevel(logging.WARNING)
     for name in ("ray.tune", "ray.train", "ray.data"):
         logging.getLogger(name).setLevel(logging.ERROR)
@@ -205,6 +206,7 @@ def _epoch_lines_class():
 
         def __init__(self, base: dict, axes: list[str], every: float = 600.0):
             self.base, self.axes, self.every, self.last = base, axes, every, time.time()
+            self.failed = []  # trials whose error Tune has not written down yet
 
         def table(self, trials) -> str:
             rows = []
@@ -216,24 +218,36 @@ def _epoch_lines_class():
             return status_table(self.axes, rows)
 
         def on_step_end(self, iteration, trials, **info):
+            self.print_failures()
             if time.time() - self.last >= self.every:
                 self.last = time.time()
                 print(self.table(trials), flush=True)
 
         def on_experiment_end(self, trials, **info):
+            self.print_failures(final=True)
             print(self.table(trials), flush=True)
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            self.failed.append(trial)
+            self.print_failures()
+
+        def print_failures(self, final: bool = False):
+            """Each failed trial's one line, once Tune has written its error down (it may do that
+            after telling its callbacks)."""
+            from tinyray.report import failure_line
+
+            for trial in list(self.failed):
+                error = trial.get_error()
+                if error is None and not final:
+                    continue
+                self.failed.remove(trial)
+                line = failure_line(str(error)) if error else "see its error.txt"
+                print(f"{trial_label(trial.config)}  failed: {line}", file=sys.stderr, flush=True)
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
             if "epoch" in result and "train_loss" in result:
                 epochs = TrainConfig.from_dict({**self.base, **trial.config}).epochs
                 print(epoch_line(result, epochs, trial_label(trial.config)), flush=True)
-
-        def on_trial_error(self, iteration, trials, trial, **info):
-            from tinyray.report import failure_line
-
-            error = trial.get_error()
-            print(f"{trial_label(trial.config)}  failed: {failure_line(str(error)) if error else 'see its error.txt'}",
-                  file=sys.stderr, flush=True)
 
     EpochLines.__module__, EpochLines.__qualname__ = __name__, "EpochLines"
     return EpochLines

@@ -61,6 +61,18 @@ class Trial:
     def last(self) -> dict | None:
         return self.history[-1] if self.history else None
 
+    @property
+    def restarts(self) -> list[str]:
+        """Each time the run started again (a lost worker or node, a preemption, a resumed
+        sweep), as where it resumed: the epochs report the checkpoint their attempt began at."""
+        out, attempt = [], (0, 0)  # the first attempt starts at the beginning
+        for e in self.history:
+            at = (e.get("resumed_from_epoch", 0), e.get("resumed_at_step", 0))
+            if at != attempt:
+                out.append(f"at step {at[1]} of epoch {at[0] + 1}" if at[1] else f"after epoch {at[0]}")
+            attempt = at
+        return out
+
 
 def trial_status(history: list[dict], planned: int, error: str | None, scheduler: str) -> str:
     if error:
@@ -299,6 +311,11 @@ def build_report(meta: dict, trials: list[Trial]) -> dict[str, bytes]:
         ["trial", "model", "variant", "status", "epochs run", "error"],
         [[t.trial, t.model, t.variant, t.status, len(t.history), t.error or ""] for t in odd])] if odd else
         [para("None: every trial ran all its epochs.")]))
+    restarted = [t for t in trials if t.restarts]
+    sections.append(Section("Restarts (a lost worker or node, a preemption, a resumed sweep)", [Table(
+        ["trial", "model", "variant", "resumed"],
+        [[t.trial, t.model, t.variant, "; ".join(t.restarts)] for t in restarted])] if restarted else
+        [para("None: every trial ran in one go.")]))
     sections.append(Section("All trials", [Table(
         columns + ["status", "epochs", "best val top-1", "top-5", "train acc", "time", "images/s"],
         [[_cell(r[c]) for c in columns] + [r["status"], r["epochs_run"], _pct(r["val_accuracy"]),

@@ -241,12 +241,38 @@ def to_yaml(cfg: SweepConfig) -> str:
 
 def run_trial(axes: dict, base: dict) -> None:
     """Tune's function trainable: base + this trial's axes, run exactly as ``tinyray train`` runs it."""
-    from ray.tune.integration.ray_train import TuneReportCallback
-
     from tinyray.train import run
 
     cfg = TrainConfig.from_dict({**base, **axes})
-    run(cfg, StorageOptions.from_env(cfg.endpoint_url), callbacks=[TuneReportCallback()])
+    run(cfg, StorageOptions.from_env(cfg.endpoint_url), callbacks=[__getattr__("TrialReports")()])
+
+
+def _trial_reports_class():
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from tinyray.worker import PREEMPTED
+
+    class TrialReports(TuneReportCallback):
+        """Ray Train's reports, passed on to Tune: the epochs only. A checkpoint saved on a
+        preemption notice (worker.PreemptionCheck) is Train's to resume from; it carries no
+        val metrics, which Tune's scheduler would refuse."""
+
+        def after_report(self, run_context, metrics, checkpoint):
+            if PREEMPTED not in metrics[0]:
+                super().after_report(run_context, metrics, checkpoint)
+
+    TrialReports.__module__, TrialReports.__qualname__ = __name__, "TrialReports"
+    return TrialReports
+
+
+def __getattr__(name: str):
+    """``TrialReports`` is built on first use (in a trial), so that importing this module (the
+    report does) never imports Ray Tune; as a module attribute it pickles, as Ray Train's
+    controller needs."""
+    if name == "TrialReports":
+        globals()[name] = _trial_reports_class()
+        return globals()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def run_sweep(cfg: SweepConfig, data: str, opts: StorageOptions | None = None, resume: bool = False,

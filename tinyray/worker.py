@@ -25,7 +25,7 @@ from tinyray.tfk import keras, tf
 CKPT_PREFIX = "ckpt"
 EPOCH_KEYS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_top5_accuracy",
               "val_count", "epoch_seconds", "images_per_second", "data_load_seconds", "resumed_from_epoch",
-              "optimizer_step")
+              "resumed_at_step", "optimizer_step")
 
 
 # ------------------------------------------------------------------------------ pure helpers
@@ -38,7 +38,8 @@ def make_optimizer(name: str, lr: float, momentum: float = 0.9):
 
 
 def epoch_metrics(epoch: int, logs: dict, val_sums, sync_sums, train_seconds: float, epoch_seconds: float,
-                  images: int, load_seconds: float, start_epoch: int, optimizer_step: int) -> dict:
+                  images: int, load_seconds: float, start_epoch: int, optimizer_step: int,
+                  start_step: int = 0) -> dict:
     """One epoch's report from what the workers summed.
 
     ``val_sums`` = (loss sum, top-1 hits, top-5 hits, count) over every worker's val images;
@@ -60,6 +61,8 @@ def epoch_metrics(epoch: int, logs: dict, val_sums, sync_sums, train_seconds: fl
         "images_per_second": images / train_seconds,
         "data_load_seconds": load_seconds if epoch == start_epoch else 0.0,
         "resumed_from_epoch": start_epoch,
+        # > 0 when this attempt began inside that epoch: a checkpoint saved on a preemption notice
+        "resumed_at_step": start_step,
         # Restored with the weights, so a resumed run continues the count: the test that
         # optimizer state survived a restart.
         "optimizer_step": optimizer_step,
@@ -194,28 +197,74 @@ class EpochEnd(keras.callbacks.Callback):
     saved model outside ``fit``'s strategy scope, where creating variables would start a
     collective that the other workers never join."""
 
-    def __init__(self, collective: Collective, ckpt, state: dict, images_per_epoch: int, load_seconds: float,
+    def __init__(self, collective: Collective, ckpt, state: dict, global_batch: int, load_seconds: float,
                  rank: int, epochs: int, board=None):
         super().__init__()
         self.collective, self.ckpt, self.state = collective, ckpt, state
-        self.images_per_epoch, self.load_seconds, self.rank = images_per_epoch, load_seconds, rank
+        self.global_batch, self.load_seconds, self.rank = global_batch, load_seconds, rank
         self.start_epoch, self.epochs, self.board = state["epochs_done"], epochs, board
+        self.start_step = state.get("step_in_epoch", 0)
 
     def on_epoch_begin(self, epoch, logs=None):
-        self.t_epoch = time.perf_counter()
+        self.t_epoch, self.steps = time.perf_counter(), 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.steps += 1
 
     def on_epoch_end(self, epoch, logs=None):
         train_seconds = time.perf_counter() - self.t_epoch
         val, sync = self.collective.val_sums(), self.collective.sync_sums()
         metrics = epoch_metrics(epoch, logs, val, sync, train_seconds, time.perf_counter() - self.t_epoch,
-                                self.images_per_epoch, self.load_seconds, self.start_epoch,
-                                int(self.model.optimizer.iterations.numpy()))
+                                self.steps * self.global_batch, self.load_seconds, self.start_epoch,
+                                int(self.model.optimizer.iterations.numpy()), self.start_step)
         self.state["history"].append(metrics)
-        self.state["epochs_done"] = epoch + 1
+        self.state["epochs_done"], self.state["step_in_epoch"] = epoch + 1, 0
         if self.board is not None and self.rank == 0:
             self.board.post.remote(epoch_line(metrics, self.epochs))
         if epoch + 1 < self.epochs:
             checkpoint_and_report(self.ckpt, self.state, self.rank)
+
+
+class PreemptionCheck(keras.callbacks.Callback):
+    """Every ``every`` steps, every worker asks Ray Train whether a node of the run is being
+    preempted (a barrier: they all ask at the same step, as MultiWorkerMirroredStrategy keeps them
+    in step). On the first notice (``ray drain-node --reason DRAIN_NODE_REASON_PREEMPTION``, or a
+    spot interruption turned into one: cluster/spot-drain.sh), a checkpoint of this very step, so
+    the run resumes here on another node instead of at the epoch's start. ``offset``: the steps of
+    this epoch done before this ``fit`` (a run resumed mid-epoch)."""
+
+    def __init__(self, ckpt, state: dict, rank: int, every: int):
+        super().__init__()
+        self.ckpt, self.state, self.rank, self.every = ckpt, state, rank, max(1, every)
+        self.offset, self.saved = 0, False
+
+    def on_train_batch_end(self, batch, logs=None):
+        import ray.train
+
+        step = self.offset + batch + 1
+        if self.saved or step % self.every:
+            return
+        if ray.train.get_preemption_info() is None:
+            return
+        self.saved = True
+        state = {**self.state, "step_in_epoch": step}
+        with tempfile.TemporaryDirectory() as d:
+            write_checkpoint(self.ckpt, d, state)
+            checkpoint = ray.train.Checkpoint.from_directory(d) if self.rank == 0 else None
+            # Not an epoch: no metrics, and Tune does not hear it (sweep.TrialReports)
+            ray.train.report({PREEMPTED: step, "epoch_in_progress": state["epochs_done"] + 1}, checkpoint=checkpoint)
+        if self.rank == 0:
+            print(f"preemption notice: checkpoint saved at step {step} of epoch {state['epochs_done'] + 1}",
+                  flush=True)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.offset = 0
+
+
+# The key of a preemption's checkpoint report (PreemptionCheck); sweep.TrialReports keeps it from Tune.
+PREEMPTED = "preempted_at_step"
+# How often (in steps) the workers ask about preemption: each ask is a barrier of all workers.
+PREEMPTION_CHECK_STEPS = 20
 
 
 def checkpoint_and_report(ckpt, state: dict, rank: int) -> None:
@@ -244,7 +293,7 @@ def data_stalled(cfg: TrainConfig, split: str) -> TinyrayError:
 def train_loop_per_worker(config: dict) -> None:
     import ray.train
 
-    from tinyray.data.pipeline import IngestConfig, load_into_memory, make_train_dataset, rank_of
+    from tinyray.data.pipeline import IngestConfig, load_into_memory, rank_of, train_dataset_builder
     from tinyray.models import create_model
 
     cfg, num_classes, steps = TrainConfig.from_dict(config["train"]), config["num_classes"], config["steps"]
@@ -278,16 +327,24 @@ def train_loop_per_worker(config: dict) -> None:
         write_results(cfg, model, state, evaluation, config, time.perf_counter() - started, rank)
 
     if state["epochs_done"] < cfg.epochs:
-        train_ds = make_train_dataset(ray.train.get_dataset_shard("train"), ingest, cfg.batch_size,
-                                      seed=cfg.seed * 1000 + rank, first_epoch=state["epochs_done"], flip=cfg.flip,
-                                      timeout=cfg.data_timeout, stalled=lambda: data_stalled(cfg, "train"))
+        build = train_dataset_builder(ray.train.get_dataset_shard("train"), ingest, cfg.batch_size,
+                                      seed=cfg.seed * 1000 + rank, flip=cfg.flip, timeout=cfg.data_timeout,
+                                      stalled=lambda: data_stalled(cfg, "train"))
         board = config.get("board")  # `tinyray train`'s console (console.Watch); None in a Tune trial
-        callbacks = [EpochEnd(collective, ckpt, state, steps * cfg.global_batch, time.perf_counter() - t0, rank,
-                              cfg.epochs, board)]
+        preemption = PreemptionCheck(ckpt, state, rank, min(PREEMPTION_CHECK_STEPS, max(1, steps // 4)))
+        callbacks = [EpochEnd(collective, ckpt, state, cfg.global_batch, time.perf_counter() - t0, rank,
+                              cfg.epochs, board), preemption]
         if board is not None and rank == 0:
             callbacks.append(progress_callback(board, cfg.epochs, steps, cfg.global_batch))
-        model.fit(train_ds, epochs=cfg.epochs, initial_epoch=state["epochs_done"], steps_per_epoch=steps,
-                  callbacks=callbacks, verbose=0)
+        start, done = state["epochs_done"], state.get("step_in_epoch", 0)
+        if done:  # saved on a preemption notice: the rest of that epoch first, in the same data order
+            preemption.offset = done
+            model.fit(build(start, skip=done), epochs=start + 1, initial_epoch=start, steps_per_epoch=steps - done,
+                      callbacks=callbacks, verbose=0)
+            start += 1
+        if start < cfg.epochs:
+            model.fit(build(start), epochs=cfg.epochs, initial_epoch=start, steps_per_epoch=steps,
+                      callbacks=callbacks, verbose=0)
         finish()
         checkpoint_and_report(ckpt, state, rank)
     else:

@@ -223,7 +223,7 @@ def _options(ds):
 
 
 def memory_train_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int, seed: int,
-                         first_epoch: int = 0, flip: bool = True, group: int = 16):
+                         first_epoch: int = 0, flip: bool = True, group: int = 16, skip: int = 0):
     """An endless tf.data dataset of shuffled, augmented batches from decoded arrays.
 
     A Python generator indexes the arrays (a from_tensor_slices of ~1 GB would be embedded in
@@ -247,12 +247,12 @@ def memory_train_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int
 
     spec = (tf.TensorSpec((None, batch_size, IMAGE_SIZE, IMAGE_SIZE, 3), tf.uint8),
             tf.TensorSpec((None, batch_size), tf.int32))
-    ds = tf.data.Dataset.from_generator(gen, output_signature=spec).unbatch()
+    ds = tf.data.Dataset.from_generator(gen, output_signature=spec).unbatch().skip(skip)
     ds = ds.map(_preprocess(flip), num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
     return _options(ds)
 
 
-def stream_train_dataset(iterator, batch_size: int, seed: int, flip: bool = True):
+def stream_train_dataset(iterator, batch_size: int, seed: int, flip: bool = True, skip: int = 0):
     """Each epoch re-reads the worker's shard through Ray Data (decoded by map_batches tasks)."""
     from tinyray.tfk import tf
 
@@ -262,18 +262,27 @@ def stream_train_dataset(iterator, batch_size: int, seed: int, flip: bool = True
         feature_type_spec=tf.TensorSpec((None, IMAGE_SIZE, IMAGE_SIZE, 3), tf.uint8),
         label_type_spec=tf.TensorSpec((None,), tf.int32),
     )
-    ds = ds.repeat().map(_preprocess(flip), num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.repeat().skip(skip).map(_preprocess(flip), num_parallel_calls=tf.data.AUTOTUNE)
     return _options(ds.prefetch(tf.data.AUTOTUNE))
+
+
+def train_dataset_builder(iterator, ingest: IngestConfig, batch_size: int, seed: int, flip: bool = True,
+                          timeout: float | None = None, stalled=None):
+    """``build(first_epoch, skip=0)``: a worker's endless train dataset from its Ray Data shard, in
+    ``ingest.cache`` mode, starting ``skip`` batches into ``first_epoch`` (a run resumed where a
+    preemption notice saved it). In ``memory`` mode the shard is read and decoded once, here. (In
+    ``stream`` mode the val split, always loaded first, is what the watchdog guards.)"""
+    if ingest.cache == "memory":
+        images, labels = load_into_memory(iterator, ingest, timeout=timeout, stalled=stalled)
+        return lambda first_epoch, skip=0: memory_train_dataset(images, labels, batch_size, seed=seed,
+                                                                first_epoch=first_epoch, flip=flip, skip=skip)
+    return lambda first_epoch, skip=0: stream_train_dataset(iterator, batch_size, seed=seed, flip=flip, skip=skip)
 
 
 def make_train_dataset(iterator, ingest: IngestConfig, batch_size: int, seed: int, first_epoch: int = 0,
                        flip: bool = True, timeout: float | None = None, stalled=None):
-    """A worker's endless train dataset from its Ray Data shard, in ``ingest.cache`` mode.
-    (In ``stream`` mode the val split, always loaded first, is what the watchdog guards.)"""
-    if ingest.cache == "memory":
-        images, labels = load_into_memory(iterator, ingest, timeout=timeout, stalled=stalled)
-        return memory_train_dataset(images, labels, batch_size, seed=seed, first_epoch=first_epoch, flip=flip)
-    return stream_train_dataset(iterator, batch_size, seed=seed, flip=flip)
+    """A worker's endless train dataset from its Ray Data shard, from ``first_epoch``."""
+    return train_dataset_builder(iterator, ingest, batch_size, seed, flip, timeout, stalled)(first_epoch)
 
 
 def eval_batches(images: np.ndarray, labels: np.ndarray, batch_size: int):
