@@ -338,9 +338,10 @@ def test_a_killed_sweep_resumes_and_every_trial_leaves_a_model_that_scores_what_
     address, env, *_ = head_cluster
     uri, manifest = staged
     config = tmp_path / "axes.yaml"
-    config.write_text("name: axes\nmax_concurrent_trials: 2\n"
+    # one trial at a time, so that the second has not finished when the driver is killed
+    config.write_text("name: axes\nmax_concurrent_trials: 1\n"
                       "train: {model: tinycnn, epochs: 3, lr: 3e-3, cpus_per_worker: 0.5}\n"
-                      "grid: {optimizer: [adam, sgd], batch_size: [8, 16]}\n")
+                      "grid: {optimizer: [adam, sgd], batch_size: [8]}\n")
     runtime_env = {"env_vars": s3.public_env}
     args = ("--config", str(config), "--data", uri, "--storage", str(tmp_path))
     out = submit(address, env, *args, wait=False, runtime_env=runtime_env)
@@ -375,11 +376,11 @@ def test_a_killed_sweep_resumes_and_every_trial_leaves_a_model_that_scores_what_
         assert time.time() < deadline, "the killed driver's job did not end"
         time.sleep(1)
     assert client.get_job_status(job_id) == JobStatus.FAILED
-    # not all four can have finished: trials run two at a time and the job was stopped after the first
+    # the second cannot have finished: trials run one at a time and the driver was killed after the first
     out = submit(address, env, *args, "--resume", runtime_env=runtime_env)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     after = finished_trials()
-    assert len(after) == 4
+    assert len(after) == 2
     for f, content in before.items():
         # A finished trial is not trained again. If the job was stopped before Tune recorded its
         # end, Tune starts it once more: its run resumes from the checkpoint that holds every
@@ -389,7 +390,7 @@ def test_a_killed_sweep_resumes_and_every_trial_leaves_a_model_that_scores_what_
         assert all(a["epoch"] == 3 and a["resumed_from_epoch"] == 3 for a in again), again
 
     runs = sorted(glob.glob(str(exp / "train-runs" / "*" / "result.json")))
-    assert len(runs) == 4
+    assert len(runs) == 2
     x, y = val_split(uri, manifest, s3.options)
     seen = set()
     for path in runs:
@@ -400,7 +401,7 @@ def test_a_killed_sweep_resumes_and_every_trial_leaves_a_model_that_scores_what_
         model = keras.models.load_model(os.path.join(os.path.dirname(path), "model", "model.keras"))
         accuracy = float(np.mean(np.argmax(model.predict(x, verbose=0), axis=1) == y))
         assert abs(accuracy - result["epochs"][-1]["val_accuracy"]) <= 0.02, (path, accuracy)
-    assert seen == {("adam", 8), ("adam", 16), ("sgd", 8), ("sgd", 16)}
+    assert seen == {("adam", 8), ("sgd", 8)}
     rows = list(__import__("csv").DictReader(open(exp / "results.csv")))
     assert sorted((r["optimizer"], r["batch_size"]) for r in rows) == sorted((o, str(b)) for o, b in seen)
     md = open(exp / "report.md").read()
