@@ -73,6 +73,20 @@ def free_port():
         return s.getsockname()[1]
 
 
+def hold_cpus(cpus):
+    """Another job on the connected cluster: an actor holding ``cpus`` CPUs until ``ray.kill``."""
+    import ray
+
+    @ray.remote(num_cpus=cpus)
+    class OtherJob:
+        def ready(self):
+            return True
+
+    other = OtherJob.remote()
+    ray.get(other.ready.remote())
+    return other
+
+
 def start_ray_head(*args, env=None, timeout=120, before_start=None):
     """`ray start --head --block` as this test's own child, in its own process group.
     ``before_start(port)`` may write files that name the GCS port. Returns (process,

@@ -37,6 +37,7 @@ class TrainResult:
 
 def build_trainer(cfg: TrainConfig, manifest: dict, opts: StorageOptions, callbacks=(), board=None):
     """The TensorflowTrainer of one run."""
+    import tinyray.tfk  # noqa: F401  (TensorFlow first, through tfk: ray.train.tensorflow imports it too)
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.tensorflow import TensorflowTrainer
 
