@@ -64,6 +64,28 @@ def worker_node(address, env) -> str | None:
     return ids.get(workers[0]["node_id"]) if len(workers) == 1 else None
 
 
+def worker_pids(name, address, env) -> list[int]:
+    """The Ray actor processes of a node (the Train worker among them): its raylet started them,
+    but they are not its descendants (found here: with only its raylet dead, a training worker
+    kept training and reporting to the run's controller)."""
+    node_id = alive_nodes(address, env)[name]
+    return [a["pid"] for a in ray_list("actors", address, env, "state=ALIVE") if a["node_id"] == node_id and a.get("pid")]
+
+
+def lose_node(proc, pids) -> None:
+    """The machine under a node gone at once: its `ray start` process tree and its Ray worker
+    processes (``worker_pids``, listed beforehand: this must not wait on anything) SIGKILLed."""
+    import psutil
+
+    stop_process_tree(proc, graceful=False)
+    for pid in pids:
+        try:
+            if any(k in " ".join(psutil.Process(pid).cmdline()) for k in ("ray::", "default_worker")):
+                psutil.Process(pid).kill()
+        except psutil.Error:
+            pass
+
+
 def registered(run_dir) -> dict:
     """state.json of the checkpoint Ray Train last registered (what a restart resumes from): a
     folder Ray has not registered yet is lost with the worker that wrote it."""
@@ -118,14 +140,17 @@ def test_a_preempted_node_and_a_lost_node_cost_no_finished_work(multi_node, stag
                             "--reason", "DRAIN_NODE_REASON_PREEMPTION", "--reason-message", "spot interruption (test)",
                             "--deadline-remaining-seconds", "60"], env=env, capture_output=True, text=True, timeout=60)
     assert drain.returncode == 0, drain.stderr
+    pids = worker_pids(first, address, env)
     saved = wait("a checkpoint saved on the notice", lambda: (r := registered(run_dir)).get("step_in_epoch") and r)
-    stop_process_tree(nodes[first], graceful=False)  # the reclaim
+    lose_node(nodes[first], pids)  # the reclaim, as soon as the checkpoint is Ray Train's
 
     # 2. the run resumed elsewhere; once it has checkpointed another epoch, that node is lost outright
     second = wait("the worker on another node", lambda: (w := worker_node(address, env)) not in (None, first) and w)
+    pids = worker_pids(second, address, env)
+    assert pids, "no Train worker process found on the second node"
     wait("an epoch on the second node", lambda: registered(run_dir).get("epochs_done", 0) > saved["epochs_done"])
     time.sleep(1)  # inside the next epoch
-    stop_process_tree(nodes[second], graceful=False)
+    lose_node(nodes[second], pids)
 
     deadline = time.time() + 600
     while time.time() < deadline and not client.get_job_status(job).is_terminal():
