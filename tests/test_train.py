@@ -433,3 +433,16 @@ def test_resource_shapes_train_or_are_refused_and_none_hangs(ray_cluster, staged
         assert seconds < 15  # refused before any worker started
     out, _ = run(workers=2, cpus_per_worker=1.5)  # leaves exactly the 1 CPU the listing needs
     assert [e["epoch"] for e in out.result["epochs"]] == [1] and out.result["config"]["workers"] == 2
+
+
+def test_a_preemption_is_never_checkpointed_at_an_epochs_last_step():
+    """Found by the reliability test: a notice seen at the last step saved "step 12 of 12", and the
+    resumed run had no batch of that epoch left to fit. There the epoch's own checkpoint follows;
+    every other `every`-th step asks Ray Train (outside a run, that ask is refused)."""
+    from tinyray.worker import PreemptionCheck
+
+    check = PreemptionCheck(ckpt=None, state={"epochs_done": 3}, rank=0, every=3, steps=12)
+    for batch in (0, 1, 3, 11):  # steps 1, 2, 4 and the epoch's last, 12: no ask
+        check.on_train_batch_end(batch)
+    with pytest.raises(RuntimeError, match="get_preemption_info"):
+        check.on_train_batch_end(2)  # step 3 asks

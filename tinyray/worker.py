@@ -233,16 +233,18 @@ class PreemptionCheck(keras.callbacks.Callback):
     the run resumes here on another node instead of at the epoch's start. ``offset``: the steps of
     this epoch done before this ``fit`` (a run resumed mid-epoch)."""
 
-    def __init__(self, ckpt, state: dict, rank: int, every: int):
+    def __init__(self, ckpt, state: dict, rank: int, every: int, steps: int):
         super().__init__()
-        self.ckpt, self.state, self.rank, self.every = ckpt, state, rank, max(1, every)
+        self.ckpt, self.state, self.rank, self.every, self.steps = ckpt, state, rank, max(1, every), steps
         self.offset, self.saved = 0, False
 
     def on_train_batch_end(self, batch, logs=None):
         import ray.train
 
         step = self.offset + batch + 1
-        if self.saved or step % self.every:
+        # Not at an epoch's last step: its own checkpoint follows at once, with the epoch's metrics
+        # (a mid-epoch one there would leave nothing of that epoch to resume).
+        if self.saved or step % self.every or step >= self.steps:
             return
         if ray.train.get_preemption_info() is None:
             return
@@ -331,7 +333,7 @@ def train_loop_per_worker(config: dict) -> None:
                                       seed=cfg.seed * 1000 + rank, flip=cfg.flip, timeout=cfg.data_timeout,
                                       stalled=lambda: data_stalled(cfg, "train"))
         board = config.get("board")  # `tinyray train`'s console (console.Watch); None in a Tune trial
-        preemption = PreemptionCheck(ckpt, state, rank, min(PREEMPTION_CHECK_STEPS, max(1, steps // 4)))
+        preemption = PreemptionCheck(ckpt, state, rank, min(PREEMPTION_CHECK_STEPS, max(1, steps // 4)), steps)
         callbacks = [EpochEnd(collective, ckpt, state, cfg.global_batch, time.perf_counter() - t0, rank,
                               cfg.epochs, board), preemption]
         if board is not None and rank == 0:
