@@ -121,6 +121,12 @@ def test_bad_sweep_files_are_one_line_errors(tmp_path, text, message):
     assert str(e.value).startswith(f"sweep config {path}") and "\n" not in str(e.value)
 
 
+def test_a_folder_named_like_a_shipped_sweep_does_not_hide_it(tmp_path, monkeypatch):
+    (tmp_path / "smoke").mkdir()  # found running the embedded default from a folder holding ./smoke/
+    monkeypatch.chdir(tmp_path)
+    assert load_sweep("smoke") == load_sweep(os.path.join(ROOT, "sweeps", "smoke.yaml"))
+
+
 def test_a_missing_sweep_file_names_the_shipped_ones():
     with pytest.raises(TinyrayError, match="sweep config nope.yaml does not exist \\(shipped: grid, seed, smoke\\)"):
         load_sweep("nope.yaml")

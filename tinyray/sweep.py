@@ -178,7 +178,7 @@ def read_sweep_text(source: str, opts: StorageOptions | None = None) -> str:
             return storage.read_bytes(source, opts or StorageOptions.from_env()).decode()
         except FileNotFoundError:
             raise TinyrayError(f"sweep config {source} does not exist") from None
-    if os.path.exists(source):
+    if os.path.isfile(source):  # a folder named like a shipped sweep (./smoke) is not a sweep file
         with open(source) as f:
             return f.read()
     folder, name = os.path.split(source)
