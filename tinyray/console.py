@@ -38,10 +38,9 @@ def quiet_driver(verbose: bool) -> None:
         return
     import os
 
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", QUIET_ENV["TF_CPP_MIN_LOG_LEVEL"])  # read when TF is imported
     os.environ["TINYRAY_QUIET"] = "1"  # tinyray/tfk.py: TensorFlow's pre-logging notes too
     logging.getLogger("ray").setLevel(logging.WARNING)
-    for name in ("ray.tune", "ray.train", "ray.data"):
+    for name in ("ray.train", "ray.data"):
         logging.getLogger(name).setLevel(logging.ERROR)
     logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
     for category in (DeprecationWarning, FutureWarning, UserWarning):

@@ -23,6 +23,7 @@ from tinyray.data.storage import StorageOptions
 from tinyray.errors import TinyrayError
 from tinyray.models import REGISTRY, SEED_MODELS
 from tinyray.evaluate import EVAL_FILE
+from tinyray.console import trial_label
 from tinyray.render import Bullets, Code, Image, Section, Table, bold, code, para, to_html, to_markdown
 from tinyray.sweep import SWEEP_META
 
@@ -49,8 +50,7 @@ class Trial:
     def variant(self) -> str:
         """The axes other than the model, e.g. ``optimizer=adam lr=0.001`` (or the base's)."""
         rest = {k: v for k, v in self.axes.items() if k != "model"}
-        return " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in rest.items()) or \
-            f"{self.optimizer} lr={self.lr:g}"
+        return trial_label(rest) if rest else f"{self.optimizer} lr={self.lr:g}"
 
     @property
     def best(self) -> dict | None:

@@ -239,13 +239,13 @@ class PreemptionCheck(keras.callbacks.Callback):
         self.offset, self.saved = 0, False
 
     def on_train_batch_end(self, batch, logs=None):
-        import ray.train
-
         step = self.offset + batch + 1
         # Not at an epoch's last step: its own checkpoint follows at once, with the epoch's metrics
         # (a mid-epoch one there would leave nothing of that epoch to resume).
         if self.saved or step % self.every or step >= self.steps:
             return
+        import ray.train
+
         if ray.train.get_preemption_info() is None:
             return
         self.saved = True

@@ -279,11 +279,6 @@ def train_dataset_builder(iterator, ingest: IngestConfig, batch_size: int, seed:
     return lambda first_epoch, skip=0: stream_train_dataset(iterator, batch_size, seed=seed, flip=flip, skip=skip)
 
 
-def make_train_dataset(iterator, ingest: IngestConfig, batch_size: int, seed: int, first_epoch: int = 0,
-                       flip: bool = True, timeout: float | None = None, stalled=None):
-    """A worker's endless train dataset from its Ray Data shard, from ``first_epoch``."""
-    return train_dataset_builder(iterator, ingest, batch_size, seed, flip, timeout, stalled)(first_epoch)
-
 
 def eval_batches(images: np.ndarray, labels: np.ndarray, batch_size: int):
     """Val batches in order, ÷255, no flip; the last batch may be short (every image counts)."""
