@@ -96,8 +96,8 @@ def test_a_trial_is_named_by_its_folder_or_run_name(tmp_path, name, message):
 
 
 def test_train_command_gives_every_non_default_field():
-    cfg = TrainConfig(model="model2", data="s3://b/d", lr=3e-3, flip=False, workers=2, name="r").to_dict()
-    assert train_command(cfg) == "tinyray train --model model2 --data s3://b/d --workers 2 --lr 0.003 --no-flip --name r"
+    cfg = TrainConfig(model="model2", data="s3://b/d", lr=3e-3, augment="none", workers=2, name="r").to_dict()
+    assert train_command(cfg) == "tinyray train --model model2 --data s3://b/d --workers 2 --lr 0.003 --augment none --name r"
 
 
 def test_decode_image_reads_what_training_reads_and_names_what_it_cannot():

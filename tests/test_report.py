@@ -150,20 +150,20 @@ def test_build_report_writes_every_file_self_contained():
 def test_every_grid_axis_is_a_report_column():
     base = {**BASE, "model": "tinycnn"}
     trials = [Trial(n, axes, TrainConfig.from_dict({**base, **axes}).to_dict(), epochs(0.2))
-              for n, axes in (("a", {"batch_size": 8, "flip": False}), ("b", {"batch_size": 32, "flip": True}))]
-    assert axis_columns(trials) == ["model", "optimizer", "lr", "batch_size", "flip"]
-    assert trials[0].variant == "batch_size=8 flip=False"
+              for n, axes in (("a", {"batch_size": 8, "augment": "none"}), ("b", {"batch_size": 32, "augment": "flip"}))]
+    assert axis_columns(trials) == ["model", "optimizer", "lr", "batch_size", "augment"]
+    assert trials[0].variant == "batch_size=8 augment=none"
     meta = {"sweep": {"name": "v", "storage": "/exp", "train": base,
-                      "grid": {"batch_size": [8, 32], "flip": [False, True]}, "scheduler": {"type": "fifo"}},
+                      "grid": {"batch_size": [8, 32], "augment": ["none", "flip"]}, "scheduler": {"type": "fifo"}},
             "data": "s3://tinyray/sample", "source": {"config": None, "embedded_default": True},
             "dataset": {"classes": 4, "train": 96, "val": 24, "skipped": 0},
             "cluster": {"nodes": 1, "resources": [{"CPU": 2.0}], "max_concurrent_trials": 2},
             "versions": {"ray": "2.60.0"}, "started": "now", "endpoint": "http://127.0.0.1:9"}
     files = build_report(meta, trials)
     rows = list(csv.DictReader(io.StringIO(files["results.csv"].decode())))
-    assert [(r["batch_size"], r["flip"]) for r in rows] == [("8", "False"), ("32", "True")]
+    assert [(r["batch_size"], r["augment"]) for r in rows] == [("8", "none"), ("32", "flip")]
     md = files["report.md"].decode()
-    assert "| model | optimizer | lr | batch_size | flip | status |" in md
+    assert "| model | optimizer | lr | batch_size | augment | status |" in md
     assert "batch varies per worker" in md
     assert "embedded default" in md and "`python jobs/train_all.py --config /exp/v/sweep.yaml --name v-rerun`" in md
 

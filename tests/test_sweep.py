@@ -37,8 +37,9 @@ def test_grid_yaml_is_six_models_by_four_optimizers_by_three_lrs():
 
 def test_seed_yaml_is_the_seeds_experiment():
     trials = load_sweep(os.path.join(ROOT, "sweeps", "seed.yaml")).expand("s3://b/d")
-    assert [(t.model, t.optimizer, t.lr, t.flip) for t in trials] == [
-        (f"model{i}", "adam", 1e-4, True) for i in range(1, 7)]
+    assert [(t.model, t.optimizer, t.lr, t.augment, t.schedule, t.mixup, t.cutmix, t.label_smoothing,
+             t.weight_decay) for t in trials] == [(f"model{i}", "adam", 1e-4, "flip", "constant", 0, 0, 0, 0)
+                                                  for i in range(1, 7)]
 
 
 def test_the_embedded_default_is_the_six_seed_models():
@@ -121,6 +122,105 @@ def test_bad_sweep_files_are_one_line_errors(tmp_path, text, message):
     assert str(e.value).startswith(f"sweep config {path}") and "\n" not in str(e.value)
 
 
+def test_beyond_yaml_lists_its_two_recipes_as_trials():
+    from tinyray.sweep import search_plan
+
+    cfg = load_sweep(os.path.join(ROOT, "sweeps", "beyond.yaml"))
+    resnet, model5 = cfg.expand("s3://b/d")
+    assert (resnet.model, resnet.optimizer, resnet.nesterov, resnet.lr, resnet.weight_decay, resnet.schedule,
+            resnet.warmup_epochs, resnet.augment, resnet.cutmix, resnet.label_smoothing, resnet.weights) == (
+        "resnet18", "sgd", True, 0.1, 5e-4, "cosine", 5, "crop_flip", 1.0, 0.1, "none")
+    assert (model5.model, model5.optimizer, model5.nesterov, model5.cutmix) == ("model5", "adam", False, 0.0)
+    assert model5.weights.endswith("resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5")
+    assert cfg.axes[:3] == ["model", "optimizer", "nesterov"] and cfg.planned_trials == 2
+    # Tune runs exactly these two, each axis a flat parameter
+    space, searcher, n = search_plan(cfg)
+    assert n == 2 and set(space) == set(cfg.axes) and searcher._points_to_evaluate == cfg.combinations()
+
+
+@pytest.mark.parametrize("grid,message", [
+    ("[{model: tinycnn}, 3]", "grid: trial 2 must be a mapping of TrainConfig fields, got 3"),
+    ("[{model: tinycnn, learning_rate: 0.1}]", "unknown grid: trial 1 field.s. learning_rate"),
+    ("[{model: tinycnn, storage: /x}]", "grid: storage cannot be a sweep axis"),
+    ("[{model: tinycnn, lr: 0.1}, {model: tinycnn, lr: 0.1}]", "are the same training"),
+    ("[{model: tinycnn, epochs: 2}]", "epochs is in both train: and grid:"),
+])
+def test_a_bad_listed_grid_is_one_line(grid, message):
+    with pytest.raises(TinyrayError, match=message):
+        parse_sweep(f"train: {{epochs: 3}}\ngrid: {grid}\n")
+
+
+SEARCH = """
+name: s
+search: optuna
+num_samples: 6
+train: {model: tinycnn, epochs: 3}
+space:
+  optimizer: {choice: [adam, sgd]}
+  lr: {loguniform: [1.0e-5, 1.0e-3]}
+"""
+
+
+@pytest.mark.parametrize("change,message", [
+    (("  lr: {loguniform: [1.0e-5, 1.0e-3]}", "  lr: {normal: [1.0e-5, 1.0e-3]}"),
+     "space: lr: unknown distribution 'normal'; valid: loguniform, uniform, choice"),
+    (("[1.0e-5, 1.0e-3]", "[1.0e-3, 1.0e-5]"),
+     r"space: lr: loguniform bounds must be \[low, high\] with low < high, got \[0.001, 1e-05\]"),
+    (("[1.0e-5, 1.0e-3]", "[0, 1.0e-3]"), "space: lr: loguniform needs low > 0, got 0"),
+    (("  lr:", "  learning_rate:"), "unknown space field.s. learning_rate; valid: model, data,"),
+    (("  optimizer: {choice: [adam, sgd]}", "  optimizer: {uniform: [0, 1]}"),
+     r"space: optimizer is not a number: draw it with choice: \[...\]"),
+    (("  optimizer: {choice: [adam, sgd]}", "  optimizer: {choice: [adam, adagrad]}"), "unknown optimizer 'adagrad'"),
+    (("  optimizer: {choice: [adam, sgd]}", "  storage: {choice: [a, b]}"), "space: storage cannot be a sweep axis"),
+    (("num_samples: 6", "num_samples: 0"), "search: optuna needs num_samples: N .an integer >= 1., got 0"),
+    (("num_samples: 6\n", ""), "search: optuna needs num_samples: N"),
+    (("search: optuna", "search: bayes"), "search must be one of grid, random, optuna, got 'bayes'"),
+    (("search: optuna", "search: grid"), "space: is drawn from by search: random or optuna"),
+    (("space:", "grid: {seed: [1, 2]}\nspace:"), "search: optuna draws from space:, not grid:"),
+    (("epochs: 3}", "epochs: 3, lr: 0.1}"), "lr is in both train: and space:; keep it in one"),
+    (("  lr: {loguniform: [1.0e-5, 1.0e-3]}", "  lr: {loguniform: [1.0e-5]}"),
+     r"space: lr: loguniform takes \[low, high\], got \[1e-05\]"),
+])
+def test_a_bad_search_is_one_line(change, message):
+    text = SEARCH.replace(*change)
+    assert text != SEARCH
+    with pytest.raises(TinyrayError, match=message):
+        parse_sweep(text)
+
+
+def test_a_search_checks_every_corner_of_its_space_before_tune_starts():
+    cfg = parse_sweep(SEARCH)
+    assert cfg.planned_trials == 6 and cfg.axes == ["optimizer", "lr"]
+    assert cfg.combinations() == [{"optimizer": o, "lr": lr} for o in ("adam", "sgd") for lr in (1e-5, 1e-3)]
+    # a corner that no trial may be: nesterov is refused for adam, found before any trial runs
+    with pytest.raises(TinyrayError, match="nesterov is a momentum option of optimizer sgd, not adam"):
+        parse_sweep(SEARCH.replace("epochs: 3}", "epochs: 3, nesterov: true}"))
+    # ints are drawn as ints, bounds included
+    from tinyray.sweep import search_plan
+
+    space, _, n = search_plan(parse_sweep(SEARCH.replace("  lr:", "  warmup_epochs: {uniform: [0, 2]}\n  lr:")))
+    assert n == 6 and {space["warmup_epochs"].sample() for _ in range(200)} == {0, 1, 2}
+
+
+def test_the_report_describes_a_search_and_scatters_a_continuous_lr():
+    from tinyray.report import Trial, continuous_lr, search_summary, variants_section
+
+    sweep = parse_sweep(SEARCH).to_dict()
+    assert search_summary(sweep) == "optuna search of 6 draws: optimizer (choice adam, sgd), lr (loguniform 1e-05, 0.001)"
+    assert continuous_lr(sweep) and not continuous_lr(parse_sweep(SEARCH.replace(
+        "{loguniform: [1.0e-5, 1.0e-3]}", "{choice: [1.0e-5, 1.0e-3]}")).to_dict())
+
+    def trial(name, optimizer, lr, acc):
+        cfg = TrainConfig(model="tinycnn", data="d", optimizer=optimizer, lr=lr).to_dict()
+        return Trial(name, {"optimizer": optimizer, "lr": lr}, cfg, [{"epoch": 1, "val_accuracy": acc}], None,
+                     "completed")
+
+    images = {}
+    section = variants_section([trial("a", "adam", 2.1e-4, 0.5), trial("b", "sgd", 7.3e-5, 0.25)], True, images)
+    assert list(images) == ["lr_scatter_tinycnn.png"] and images["lr_scatter_tinycnn.png"][:4] == b"\x89PNG"
+    assert "against lr" in section.title
+
+
 def test_a_folder_named_like_a_shipped_sweep_does_not_hide_it(tmp_path, monkeypatch):
     (tmp_path / "smoke").mkdir()  # found running the embedded default from a folder holding ./smoke/
     monkeypatch.chdir(tmp_path)
@@ -128,7 +228,7 @@ def test_a_folder_named_like_a_shipped_sweep_does_not_hide_it(tmp_path, monkeypa
 
 
 def test_a_missing_sweep_file_names_the_shipped_ones():
-    with pytest.raises(TinyrayError, match="sweep config nope.yaml does not exist \\(shipped: grid, seed, smoke\\)"):
+    with pytest.raises(TinyrayError, match="sweep config nope.yaml does not exist \\(shipped: beyond, grid, seed, smoke\\)"):
         load_sweep("nope.yaml")
 
 
@@ -244,6 +344,33 @@ def test_asha_stops_weak_trials_early(ray_cluster, staged, s3, tmp_path):
             result = json.load(open(os.path.join(run_dir, "result.json")))
             assert result["config"] == t.config and len(result["epochs"]) == len(t.history) == 4
             assert os.path.exists(os.path.join(run_dir, "model", "model.keras"))
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_an_optuna_search_draws_its_trials_from_the_space_and_the_report_scatters_them(
+        ray_cluster, staged, s3, tmp_path):
+    from tinyray.report import write_report
+    from tinyray.sweep import run_sweep
+
+    uri, _ = staged
+    cfg = parse_sweep(SEARCH.replace("epochs: 3}", "epochs: 1, batch_size: 16}").replace("num_samples: 6", "num_samples: 3")
+                      .replace("name: s", f"name: search\nstorage: {tmp_path / 'exp'}"))
+    exp = run_sweep(cfg, uri, s3.options)
+    trials = results(exp)
+    assert len(trials) == 3 and all(t.status == "completed" for t in trials), [(t.status, t.error) for t in trials]
+    params = [json.load(open(p)) for p in glob.glob(os.path.join(exp, "*", "params.json"))]
+    assert all(set(p) == {"optimizer", "lr"} and p["optimizer"] in ("adam", "sgd") and 1e-5 <= p["lr"] <= 1e-3
+               for p in params), params
+    assert len({p["lr"] for p in params}) == 3  # drawn from the range, not picked from a list
+    # each trial is a `tinyray train` run of base + its draw
+    for t in trials:
+        result = json.load(open(os.path.join(exp, "train-runs", TrainConfig.from_dict(t.config).run_name, "result.json")))
+        assert (result["config"]["optimizer"], result["config"]["lr"]) == (t.optimizer, t.lr)
+    write_report(exp, s3.options)
+    md = open(os.path.join(exp, "report.md")).read()
+    assert "optuna search of 3 draws: optimizer (choice adam, sgd), lr (loguniform 1e-05, 0.001)" in md
+    assert "lr_scatter_tinycnn.png" in md and os.path.exists(os.path.join(exp, "lr_scatter_tinycnn.png"))
 
 
 # ---------------------------------------------- the main job on a `ray start --head` cluster

@@ -13,7 +13,8 @@ import pytest
 from tinyray.config import TrainConfig
 from tinyray.errors import TinyrayError
 from tinyray.cluster import check_fits, thread_counts
-from tinyray.worker import epoch_metrics, make_optimizer
+from tinyray.recipe import make_optimizer
+from tinyray.worker import epoch_metrics
 
 from conftest import SAMPLE
 
@@ -27,7 +28,7 @@ def cfg(**kw):
     ({"optimizer": "adagrad"}, "unknown optimizer 'adagrad'; valid: adam, rmsprop, sgd, nadam"),
     ({"lr": "fast"}, "lr must be a number, got 'fast'"),
     ({"epochs": 2.5}, "epochs must be an integer, got 2.5"),
-    ({"flip": "maybe"}, "flip must be true or false"),
+    ({"nesterov": "maybe"}, "nesterov must be true or false"),
     ({"lr": 0}, "lr must be > 0"),
     ({"lr": -1e-3}, "lr must be > 0"),
     ({"epochs": 0}, "epochs must be at least 1"),
@@ -51,7 +52,7 @@ def test_unknown_config_key_is_refused():
 @pytest.mark.parametrize("data,expected", [
     ({"lr": "1e-3"}, {"lr": 0.001}),  # YAML reads 1e-3 (no dot) as a string
     ({"lr": 1, "cpus_per_worker": 2}, {"lr": 1.0, "cpus_per_worker": 2.0}),
-    ({"epochs": "7", "flip": "false", "xla": True}, {"epochs": 7, "flip": False, "xla": True}),
+    ({"epochs": "7", "nesterov": "false", "xla": True}, {"epochs": 7, "nesterov": False, "xla": True}),
 ])
 def test_values_are_coerced_to_the_fields_types(data, expected):
     c = TrainConfig.from_dict({"model": "tinycnn", "data": "x", **data})
@@ -65,9 +66,9 @@ def test_values_are_coerced_to_the_fields_types(data, expected):
     ({"cpus_per_worker": 2, "gpus_per_worker": 1, "cache": "stream", "max_failures": 0, "storage": "s3://b/r",
       "xla": True}, "tinycnn-adam-lr0.0001-b64x1-e10-s0"),
     # any other field that differs from its default adds a digest of those fields
-    ({"flip": False}, "tinycnn-adam-lr0.0001-b64x1-e10-s0-" +
-     __import__("hashlib").sha1(b'{"flip": false}').hexdigest()[:8]),
-    ({"name": "mine", "flip": False}, "mine"),
+    ({"augment": "none"}, "tinycnn-adam-lr0.0001-b64x1-e10-s0-" +
+     __import__("hashlib").sha1(b'{"augment": "none"}').hexdigest()[:8]),
+    ({"name": "mine", "augment": "none"}, "mine"),
 ])
 def test_run_name(kw, name):
     assert cfg(**kw).run_name == name
@@ -84,16 +85,16 @@ def test_every_train_flag_is_a_field_with_its_default():
     flags = {a.dest: a for a in parser._actions if a.dest != "help"}
     assert set(flags) == set(FIELDS)
     args = parser.parse_args(["--model", "tinycnn", "--data", "s3://b/d", "--batch-size", "8", "--lr", "3e-3",
-                              "--no-flip", "--cpus-per-worker", "0.5"])
+                              "--augment", "none", "--cpus-per-worker", "0.5"])
     assert train_config_from_args(args) == TrainConfig(model="tinycnn", data="s3://b/d", batch_size=8, lr=3e-3,
-                                                       flip=False, cpus_per_worker=0.5)
+                                                       augment="none", cpus_per_worker=0.5)
     assert train_config_from_args(parser.parse_args(["--model", "model2", "--data", "d"])) == \
         TrainConfig(model="model2", data="d")
 
 
 def test_defaults_are_the_seeds():
     c = cfg()
-    assert (c.optimizer, c.lr, c.flip) == ("adam", 1e-4, True)
+    assert (c.optimizer, c.lr, c.augment, c.schedule) == ("adam", 1e-4, "flip", "constant")
     assert c.global_batch == 64 and cfg(workers=4).global_batch == 256
     assert cfg().run_name == cfg().run_name == "tinycnn-adam-lr0.0001-b64x1-e10-s0"
 
@@ -189,11 +190,11 @@ def test_epoch_metrics_arithmetic():
     # 2 workers: 40 val images, 10 right, 30 in the top 5; identical weight digests 7 and 7
     m = epoch_metrics(epoch=2, logs=logs, val_sums=(80.0, 10.0, 30.0, 40.0), sync_sums=(2.0, 14.0, 98.0),
                       train_seconds=4.0, epoch_seconds=5.0, images=1024, load_seconds=9.0, start_epoch=2,
-                      optimizer_step=48, start_step=7)
+                      optimizer_step=48, start_step=7, lr=0.05)
     assert m == {"epoch": 3, "train_loss": 1.5, "train_accuracy": 0.25, "val_loss": 2.0, "val_accuracy": 0.25,
                  "val_top5_accuracy": 0.75, "val_count": 40, "epoch_seconds": 5.0, "images_per_second": 256.0,
                  "data_load_seconds": 9.0, "resumed_from_epoch": 2, "resumed_at_step": 7, "optimizer_step": 48,
-                 "world_size": 2, "replicas_in_sync": True}
+                 "lr": 0.05, "world_size": 2, "replicas_in_sync": True}
     # digests 7 and 9: the replicas drifted apart; a later epoch reports no load time
     m = epoch_metrics(3, logs, (80, 10, 30, 40), (2.0, 16.0, 130.0), 4.0, 5.0, 1024, 9.0, 2, 64)
     assert m["replicas_in_sync"] is False and m["data_load_seconds"] == 0.0 and m["epoch"] == 4

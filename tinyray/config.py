@@ -23,9 +23,15 @@ from tinyray.models import REGISTRY
 OPTIMIZERS = {"adam": "Adam", "rmsprop": "RMSprop", "sgd": "SGD", "nadam": "Nadam"}
 PRECISIONS = ("float32", "mixed_float16")
 CACHE_MODES = ("memory", "stream")
+AUGMENTS = ("none", "flip", "crop_flip")  # tinyray/recipe.py
+SCHEDULES = ("constant", "cosine", "step")
 # A run folder's files: written by the workers (worker.py), read by the driver (train.py).
 RESULT_FILE = "result.json"
 STATE_FILE = "state.json"  # in each checkpoint: the history so far
+# The key of a preemption's checkpoint report (worker.PreemptionCheck); sweep.TrialReports keeps it
+# from Tune. Here, not in worker.py, so that the trial driver and Train's controller, which
+# unpickle TrialReports, never import TensorFlow.
+PREEMPTED = "preempted_at_step"
 
 
 def _field(default=dataclasses.MISSING, help: str = "", choices=None, identity: bool = True):
@@ -51,15 +57,27 @@ class TrainConfig:
                             choices=tuple(OPTIMIZERS))
     lr: float = _field(1e-4, "learning rate (the seed's 1e-4)")
     momentum: float = _field(0.9, "SGD's momentum (plain SGD at 1e-4 barely moves)")
+    # The recipe (tinyray/recipe.py). The defaults are the seed's: Adam at a constant 1e-4, flips, hard labels.
+    augment: str = _field("flip", "train-time augmentation: flip (the seed's horizontal flips), crop_flip (pad 4 "
+                                  "by reflection, random 64x64 crop, flip) or none", choices=AUGMENTS)
+    mixup: float = _field(0.0, "mixup alpha, 0 = off: each batch blended with itself reversed, λ ~ Beta(α, α)")
+    cutmix: float = _field(0.0, "cutmix alpha, 0 = off: a box of the batch reversed pasted in; with mixup "
+                                "also on, each batch uses one of the two")
+    label_smoothing: float = _field(0.0, "label smoothing of the train loss (0.1 is usual); val loss is plain")
+    weight_decay: float = _field(0.0, "decoupled weight decay, w -= lr*wd*w (AdamW with adam); not on "
+                                      "biases or normalisation")
+    nesterov: bool = _field(False, "Nesterov momentum (optimizer sgd)")
+    schedule: str = _field("constant", "lr over the run, by optimizer step: constant (the seed), cosine to 0, or "
+                                       "step (x0.1 at 1/2 and 3/4 of the run)", choices=SCHEDULES)
+    warmup_epochs: int = _field(0, "epochs of linear warmup to lr before the schedule")
     precision: str = _field("float32", "mixed_float16 on GPUs; the output layer stays float32",
                             choices=PRECISIONS)
     xla: bool = _field(False, "jit-compile the train step (GPU clusters; works, slowly, on CPU)", identity=False)
-    seed: int = _field(0, "seeds weights, shuffling and flips")
+    seed: int = _field(0, "seeds weights, shuffling and augmentation")
     weights: str = _field("none", "model5/model6 base: none, imagenet, a path or an s3:// URI of a weights file")
     freeze_base: bool = _field(False, "model5/model6: train the head only")
     cache: str = _field("memory", "decode once and keep in worker memory, or stream through Ray Data every "
                                   "epoch (data larger than memory)", choices=CACHE_MODES, identity=False)
-    flip: bool = _field(True, "the seed's random horizontal flips (train only)")
     storage: str = _field("./runs", "where run folders live: a local folder or s3://…", identity=False)
     name: str | None = _field(None, "run folder name (default: derived from the config, so rerunning resumes)",
                               identity=False)
@@ -85,6 +103,15 @@ class TrainConfig:
             (self.cpus_per_worker > 0, f"cpus_per_worker must be > 0, got {self.cpus_per_worker}"),
             (self.gpus_per_worker >= 0, f"gpus_per_worker must be >= 0, got {self.gpus_per_worker}"),
             (self.max_failures >= -1, "max_failures must be -1 (forever) or more"),
+            (self.mixup >= 0, f"mixup must be >= 0 (an alpha; 0 = off), got {self.mixup}"),
+            (self.cutmix >= 0, f"cutmix must be >= 0 (an alpha; 0 = off), got {self.cutmix}"),
+            (0 <= self.label_smoothing < 1, f"label_smoothing must be in [0, 1), got {self.label_smoothing}"),
+            (self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}"),
+            (not self.nesterov or self.optimizer == "sgd",
+             f"nesterov is a momentum option of optimizer sgd, not {self.optimizer}"),
+            (self.warmup_epochs >= 0, f"warmup_epochs must be >= 0, got {self.warmup_epochs}"),
+            (self.warmup_epochs < self.epochs or not self.warmup_epochs,
+             f"warmup_epochs ({self.warmup_epochs}) must be fewer than epochs ({self.epochs})"),
             (self.data_timeout > 0, f"data_timeout must be > 0 seconds, got {self.data_timeout}"),
             (self.name is None or re.fullmatch(r"[A-Za-z0-9._=-]+", self.name),
              f"name {self.name!r} may hold only letters, digits and . _ = -"),
@@ -140,6 +167,8 @@ _TYPES = typing.get_type_hints(TrainConfig)
 def check_fields(names, where: str = "train") -> None:
     """Refuse, in one line, any name that is not a TrainConfig field."""
     unknown = sorted(set(names) - set(FIELDS))
+    if "flip" in unknown:  # a bool before the recipe fields
+        raise TinyrayError(f"{where} field flip is now augment: flip (the default), crop_flip or none")
     if unknown:
         raise TinyrayError(f"unknown {where} field(s) {', '.join(unknown)}; valid: {', '.join(FIELDS)}")
 

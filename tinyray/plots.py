@@ -90,3 +90,18 @@ def accuracy_vs_cost(points: list[tuple[str, float, float]], seed: list[tuple[st
     ax.set_title("Accuracy against training cost")
     ax.grid(alpha=0.3)
     return _png(plt, fig)
+
+
+def lr_scatter(points: dict[str, list[tuple[float, float]]], title: str) -> bytes:
+    """Best val top-1 against a continuous lr (a random or optuna search): one colour per label
+    (the optimizer), lr on a log scale."""
+    plt, fig, ax = _figure(7, 4.2)
+    for label, pts in points.items():
+        ax.scatter([lr for lr, _ in pts], [100 * a for _, a in pts], label=label, s=22)
+    ax.set_xscale("log")
+    ax.set_xlabel("lr (log scale)")
+    ax.set_ylabel("best val top-1 (%)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _png(plt, fig)

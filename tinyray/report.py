@@ -285,7 +285,7 @@ def build_report(meta: dict, trials: list[Trial]) -> dict[str, bytes]:
     intro = [para(f"Dataset: {meta['data']} — {num_classes} classes, {meta['dataset']['train']:,} train / "
                   f"{meta['dataset']['val']:,} val images. {len(trials)} trials ("
                   + ", ".join(f"{n} {s}" for s, n in counts.items()) + ") over "
-                  + (", ".join(f"{axis} ({len(values)})" for axis, values in sweep["grid"].items()) or "no axis")
+                  + search_summary(sweep)
                   + f"; scheduler {sweep['scheduler']['type']}, {setting('epochs')} epochs, batch "
                   f"{setting('batch_size')} per worker × {setting('workers')} worker(s).")]
     header, seed_rows = seed_table(trials, num_classes)
@@ -301,7 +301,7 @@ def build_report(meta: dict, trials: list[Trial]) -> dict[str, bytes]:
     sections.append(Section("Accuracy vs epoch", [Image("train_accuracy.png", "Training accuracy vs epoch"),
                                                   Image("val_accuracy.png", "Validation accuracy vs epoch")]))
     sections += cross_model_sections(meta, best, images)
-    sections.append(variants_section(trials))
+    sections.append(variants_section(trials, continuous_lr(sweep), images))
     sections.append(Section("Overfitting gap (train − val, best variant)", [Table(
         ["model", "train acc", "val acc", "gap"],
         [[m, _pct(t.best["train_accuracy"]), _pct(t.best["val_accuracy"]),
@@ -402,10 +402,39 @@ def _cell(value) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def variants_section(trials: list[Trial]) -> Section:
+def search_summary(sweep: dict) -> str:
+    """How the trials were chosen: the grid's axes and their sizes, or a search's draws."""
+    search = sweep.get("search", "grid")
+    if search == "grid" and isinstance(sweep["grid"], list):
+        return f"{len(sweep['grid'])} listed trials"
+    if search == "grid":
+        return ", ".join(f"{axis} ({len(values)})" for axis, values in sweep["grid"].items()) or "no axis"
+    dims = ", ".join(f"{axis} ({dist} {', '.join(_cell(v) for v in values)})"
+                     for axis, spec in sweep["space"].items() for dist, values in spec.items())
+    return f"{search} search of {sweep['num_samples']} draws: {dims}"
+
+
+def continuous_lr(sweep: dict) -> bool:
+    """Whether lr was drawn from a range (a random or optuna search), not picked from a list."""
+    return any(dist != "choice" for dist in (sweep.get("space") or {}).get("lr", {}))
+
+
+def variants_section(trials: list[Trial], scatter: bool = False, images: dict | None = None) -> Section:
     """Each model's variants: an optimizer × lr grid when those are the only other axes, else
-    one row per variant."""
+    one row per variant. With a continuous lr (``scatter``) the grid would have a column per
+    trial: a scatter of best val top-1 against lr instead, one colour per optimizer, per model
+    (its figure is added to ``images``)."""
     blocks = []
+    if scatter and images is not None:
+        for model in dict.fromkeys(t.model for t in trials):
+            points: dict[str, list] = {}
+            for t in trials:
+                if t.model == model and t.best:
+                    points.setdefault(t.optimizer, []).append((t.lr, t.best["val_accuracy"]))
+            name = f"lr_scatter_{model}.png"
+            images[name] = plots.lr_scatter(points, f"{model}: best val top-1 against lr")
+            blocks += [para(bold(model)), Image(name, f"{model}: best val top-1 against lr")]
+        return Section("Variants: best val top-1 against lr", blocks)
     for model in dict.fromkeys(t.model for t in trials):
         mine = [t for t in trials if t.model == model]
         blocks.append(para(bold(model)))

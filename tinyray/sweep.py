@@ -14,6 +14,13 @@ A sweep file (sweeps/*.yaml) has four parts::
       lr: [1.0e-3, 1.0e-4]
     scheduler: {type: asha, grace_period: 2, reduction_factor: 3}   # or fifo
 
+``grid:`` may instead list its trials (``[{model: resnet18, lr: 0.1}, {model: model5}]``), and a
+search draws its trials instead of combining axes::
+
+    search: optuna                      # or random (grid, the default, needs no key)
+    num_samples: 6
+    space: {lr: {loguniform: [1.0e-5, 1.0e-3]}, optimizer: {choice: [adam, sgd]}}
+
 A trial *is* a ``tinyray train`` run: it calls ``train.run`` on base + its axes, so its run folder
 (``<experiment>/train-runs/<run name>/``) holds result.json and model/ like any other, and a
 failure is the same one line. Tune sees only the axes as parameters (the base travels through
@@ -36,6 +43,8 @@ from tinyray.data.storage import StorageOptions
 from tinyray.errors import TinyrayError
 
 SCHEDULERS = ("fifo", "asha")
+SEARCHES = ("grid", "random", "optuna")
+DISTRIBUTIONS = ("loguniform", "uniform", "choice")
 METRIC = "val_accuracy"
 # TrainConfig fields that belong to the experiment (set at the top of the file), or that name
 # where a trial runs rather than what it trains: none of them can be a grid axis.
@@ -61,14 +70,19 @@ class SchedulerConfig:
 
 @dataclass(frozen=True)
 class SweepConfig:
-    """An experiment: trials = ``train`` (base) × every combination of ``grid``'s axes."""
+    """An experiment: trials = ``train`` (base) × every combination of ``grid``'s axes (or its
+    listed trials, or ``num_samples`` draws of ``space`` for a random / optuna search)."""
 
     name: str = "tinyray-sweep"  # the experiment folder's name
     storage: str = "~/tinyray/experiments"  # where experiment folders live: local or s3://
     max_concurrent_trials: int | str = "auto"  # auto: as many as the cluster's resources hold
     train: dict = field(default_factory=dict)  # TrainConfig fields shared by every trial
-    grid: dict = field(default_factory=dict)  # TrainConfig field → list of values
+    grid: dict | list = field(default_factory=dict)  # TrainConfig field → list of values, or a list of trials
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    search: str = "grid"  # grid: every combination of grid: | random, optuna (TPE): num_samples draws of space:
+    num_samples: int | None = None  # random / optuna: how many trials
+    space: dict = field(default_factory=dict)  # random / optuna: TrainConfig field → {distribution: [...]}
+    search_seed: int = 0  # random / optuna: seeds the draws, so a rerun draws the same trials
 
     def __post_init__(self):
         set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 - frozen
@@ -76,17 +90,22 @@ class SweepConfig:
             set_("scheduler", SchedulerConfig(type=self.scheduler))
         elif isinstance(self.scheduler, dict):
             set_("scheduler", _from_dict(SchedulerConfig, self.scheduler, "scheduler"))
-        for part in ("train", "grid"):
+        if isinstance(self.grid, list):  # the trials themselves: check each, then the union of their keys
+            set_("grid", [self._listed_trial(i, entry) for i, entry in enumerate(self.grid)])
+        for part in ("train", "grid", "space"):
+            if part == "grid" and isinstance(self.grid, list):
+                continue
             if not isinstance(getattr(self, part), dict):
                 raise TinyrayError(f"sweep {part}: must be a mapping of TrainConfig fields, got "
                                    f"{getattr(self, part)!r}")
         check_fields(self.train, "train")
-        check_fields(self.grid, "grid")
+        if isinstance(self.grid, dict):
+            check_fields(self.grid, "grid")
         for name in EXPERIMENT_FIELDS:
             if name in self.train:
                 raise TinyrayError(f"train: {name} is the experiment's: set {name}: at the top of the sweep file")
-        grid = {}
-        for axis, values in self.grid.items():
+        grid = {} if isinstance(self.grid, dict) else self.grid
+        for axis, values in (self.grid.items() if isinstance(self.grid, dict) else ()):
             if axis in NOT_AXES:
                 raise TinyrayError(f"grid: {axis} cannot be a sweep axis (it says where trials run, not what they train)")
             if axis in self.train:
@@ -96,7 +115,11 @@ class SweepConfig:
             grid[axis] = [coerce(axis, v) for v in values]
         set_("grid", grid)
         set_("train", {k: coerce(k, v) for k, v in self.train.items()})
-        if "model" not in self.train and "model" not in self.grid:
+        for axis in (self.axes if self.listed else ()):
+            if axis in self.train:
+                raise TinyrayError(f"{axis} is in both train: and grid:; keep it in one")
+        set_("space", self._check_search())
+        if "model" not in self.train and "model" not in self.axes:
             raise TinyrayError("the sweep names no model: give train: {model: …} or grid: {model: […]}")
         mct = self.max_concurrent_trials
         if mct != "auto" and not (isinstance(mct, int) and not isinstance(mct, bool) and mct >= 1):
@@ -107,13 +130,82 @@ class SweepConfig:
             raise TinyrayError(f"scheduler grace_period ({self.scheduler.grace_period}) must be at most the "
                                f"epochs of every trial ({least})")
 
+    def _check_search(self) -> dict:
+        """``search:``, ``num_samples:`` and ``space:`` checked; the space with its values coerced
+        to each field's type. Each mistake is refused in one line."""
+        if self.search not in SEARCHES:
+            raise TinyrayError(f"search must be one of {', '.join(SEARCHES)}, got {self.search!r}")
+        if isinstance(self.search_seed, bool) or not isinstance(self.search_seed, int):
+            raise TinyrayError(f"search_seed must be an integer, got {self.search_seed!r}")
+        if self.search == "grid":
+            if self.space:
+                raise TinyrayError("space: is drawn from by search: random or optuna; a grid sweep lists its "
+                                   "values under grid:")
+            if self.num_samples is not None:
+                raise TinyrayError("num_samples is for search: random or optuna (a grid runs each combination once)")
+            return {}
+        if self.listed:
+            raise TinyrayError(f"search: {self.search} draws from space:; a list of trials is grid:'s")
+        if self.grid:
+            raise TinyrayError(f"search: {self.search} draws from space:, not grid: (write grid: {{{next(iter(self.grid))}:"
+                               f" [...]}} as space: {{{next(iter(self.grid))}: {{choice: [...]}}}})")
+        n = self.num_samples
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise TinyrayError(f"search: {self.search} needs num_samples: N (an integer >= 1), got {n!r}")
+        if not self.space:
+            raise TinyrayError(f"search: {self.search} needs a space: of TrainConfig fields to draw, e.g. "
+                               "space: {lr: {loguniform: [1.0e-5, 1.0e-3]}}")
+        check_fields(self.space, "space")
+        space = {}
+        for axis, spec in self.space.items():
+            if axis in NOT_AXES:
+                raise TinyrayError(f"space: {axis} cannot be a sweep axis (it says where trials run, not what they train)")
+            if axis in self.train:
+                raise TinyrayError(f"{axis} is in both train: and space:; keep it in one")
+            space[axis] = parse_distribution(axis, spec)
+        return space
+
+    @staticmethod
+    def _listed_trial(i: int, entry) -> dict:
+        if not isinstance(entry, dict) or not entry:
+            raise TinyrayError(f"grid: trial {i + 1} must be a mapping of TrainConfig fields, got {entry!r}")
+        check_fields(entry, f"grid: trial {i + 1}")
+        for axis in entry:
+            if axis in NOT_AXES:
+                raise TinyrayError(f"grid: {axis} cannot be a sweep axis (it says where trials run, not what they train)")
+        return {k: coerce(k, v) for k, v in entry.items()}
+
+    @property
+    def listed(self) -> bool:
+        """``grid:`` is a list of trials (each a mapping of its fields), not axes to combine."""
+        return isinstance(self.grid, list)
+
     def combinations(self) -> list[dict]:
-        """Every combination of the grid's axes, in the file's order (the last axis varies fastest)."""
-        return [dict(zip(self.grid, values)) for values in itertools.product(*self.grid.values())]
+        """Every combination of the grid's axes, in the file's order (the last axis varies fastest).
+        A listed grid: its trials, each with every axis (one it does not set has TrainConfig's
+        default). For search: random / optuna, the corners of the space instead (each bound, each
+        choice): what every trial is checked against before Tune starts."""
+        if self.listed:
+            return [{axis: entry.get(axis, FIELDS[axis].default) for axis in self.axes} for entry in self.grid]
+        axes = self.space if self.search != "grid" else self.grid
+        values = [next(iter(d.values())) for d in axes.values()] if self.search != "grid" else list(axes.values())
+        return [dict(zip(axes, combo)) for combo in itertools.product(*values)]
+
+    @property
+    def axes(self) -> list[str]:
+        """The fields that vary between trials: Tune's parameters, the report's columns."""
+        if self.listed:
+            return list(dict.fromkeys(axis for entry in self.grid for axis in entry))
+        return list(self.space if self.search != "grid" else self.grid)
+
+    @property
+    def planned_trials(self) -> int:
+        return len(self.combinations()) if self.search == "grid" else self.num_samples
 
     def expand(self, data: str | None = None, train_runs: str | None = None) -> list[TrainConfig]:
         """The trials: one TrainConfig per combination, base first, axes over it. Two trials that
-        would train the same run (same run folder) are refused."""
+        would train the same run (same run folder) are refused. (For a search, the corners of its
+        space: see ``combinations``.)"""
         base = {"data": UNSET_DATA, **self.train}
         if data:
             base["data"] = data
@@ -122,6 +214,9 @@ class SweepConfig:
         trials, seen = [], {}
         for axes in self.combinations():
             cfg = TrainConfig.from_dict({**base, **axes}, "train")
+            if self.search != "grid":
+                trials.append(cfg)
+                continue
             if cfg.run_name in seen:
                 raise TinyrayError(f"grid: {seen[cfg.run_name]} and {axes} are the same training (run "
                                    f"{cfg.run_name}): remove the duplicate")
@@ -146,6 +241,49 @@ class SweepConfig:
                                        else f"valid: {', '.join(known)}")
             raise TinyrayError(f"unknown sweep field {key}: {hint}")
         return cls(**data)
+
+
+def parse_distribution(axis: str, spec) -> dict:
+    """One ``space:`` entry, ``{loguniform: [lo, hi]}``, ``{uniform: [lo, hi]}`` or
+    ``{choice: [v, ...]}``, checked and coerced to the field's type; anything else is one line."""
+    from tinyray.config import field_type
+
+    if not isinstance(spec, dict) or len(spec) != 1:
+        raise TinyrayError(f"space: {axis} must be one of {{loguniform: [lo, hi]}}, {{uniform: [lo, hi]}} or "
+                           f"{{choice: [...]}}, got {spec!r}")
+    (dist, values), = spec.items()
+    if dist not in DISTRIBUTIONS:
+        raise TinyrayError(f"space: {axis}: unknown distribution {dist!r}; valid: {', '.join(DISTRIBUTIONS)}")
+    if not isinstance(values, list) or not values:
+        raise TinyrayError(f"space: {axis}: {dist} takes a list, got {values!r}")
+    if dist == "choice":
+        return {dist: [coerce(axis, v) for v in values]}
+    kind, _ = field_type(axis)
+    if kind not in (int, float):
+        raise TinyrayError(f"space: {axis} is not a number: draw it with choice: [...]")
+    if len(values) != 2:
+        raise TinyrayError(f"space: {axis}: {dist} takes [low, high], got {values!r}")
+    lo, hi = (coerce(axis, v) for v in values)
+    if not lo < hi:
+        raise TinyrayError(f"space: {axis}: {dist} bounds must be [low, high] with low < high, got [{lo:g}, {hi:g}]")
+    if dist == "loguniform" and lo <= 0:
+        raise TinyrayError(f"space: {axis}: loguniform needs low > 0, got {lo:g}")
+    return {dist: [lo, hi]}
+
+
+def tune_domain(axis: str, spec: dict):
+    """A checked ``space:`` entry as a Ray Tune search domain (ints are drawn as ints, bounds included)."""
+    from ray import tune
+
+    from tinyray.config import field_type
+
+    (dist, values), = spec.items()
+    if dist == "choice":
+        return tune.choice(values)
+    lo, hi = values
+    if field_type(axis)[0] is int:
+        return tune.lograndint(lo, hi + 1) if dist == "loguniform" else tune.randint(lo, hi + 1)
+    return tune.loguniform(lo, hi) if dist == "loguniform" else tune.uniform(lo, hi)
 
 
 # The sweep format before TrainConfig was the one unit of work, so an old file gets a pointer.
@@ -202,7 +340,8 @@ def parse_sweep(text: str, source: str = "sweep config", overrides: dict | None 
         raise TinyrayError(f"{source} is not valid YAML: {str(e).splitlines()[0]}") from None
     if not isinstance(data, dict):
         raise TinyrayError(f"{source} must be a mapping of fields")
-    data = {**data, "train": dict(data.get("train") or {}), "grid": dict(data.get("grid") or {})}
+    grid = data.get("grid") or {}
+    data = {**data, "train": dict(data.get("train") or {}), "grid": list(grid) if isinstance(grid, list) else dict(grid)}
     for key, value in (overrides or {}).items():
         if value is None:
             continue
@@ -210,10 +349,18 @@ def parse_sweep(text: str, source: str = "sweep config", overrides: dict | None 
             sched = data.get("scheduler") or {}
             data["scheduler"] = {**({"type": sched} if isinstance(sched, str) else sched), "type": value}
         elif key == "models":
+            if isinstance(data["grid"], list):
+                raise TinyrayError(f"{source}: --models cannot change a grid: that lists its trials; edit the file")
             data["train"].pop("model", None)
             data["grid"]["model"] = list(value)
         elif key in FIELDS and key not in EXPERIMENT_FIELDS:
-            data["grid"].pop(key, None)
+            if isinstance(data["grid"], list):
+                data["grid"] = [{k: v for k, v in e.items() if k != key} if isinstance(e, dict) else e
+                                for e in data["grid"]]
+            else:
+                data["grid"].pop(key, None)
+            if isinstance(data.get("space"), dict):
+                data["space"] = {k: v for k, v in data["space"].items() if k != key}
             data["train"][key] = value
         else:
             data[key] = value
@@ -250,7 +397,7 @@ def run_trial(axes: dict, base: dict) -> None:
 def _trial_reports_class():
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from tinyray.worker import PREEMPTED
+    from tinyray.config import PREEMPTED
 
     class TrialReports(TuneReportCallback):
         """Ray Train's reports, passed on to Tune: the epochs only. A checkpoint saved on a
@@ -318,25 +465,61 @@ def run_sweep(cfg: SweepConfig, data: str, opts: StorageOptions | None = None, r
         print(f"resuming sweep {exp_uri}: finished trials are kept, unfinished ones continue", flush=True)
         tuner = tune.Tuner.restore(experiment_dir, trainable, resume_errored=True, storage_filesystem=fs)
     else:
+        param_space, search_alg, num_samples = search_plan(cfg)
         tuner = tune.Tuner(
             trainable,
-            param_space={axis: tune.grid_search(values) for axis, values in cfg.grid.items()},
-            tune_config=tune.TuneConfig(metric=METRIC, mode="max", scheduler=scheduler,
-                                        max_concurrent_trials=concurrency),
+            param_space=param_space,
+            tune_config=tune.TuneConfig(metric=METRIC, mode="max", scheduler=scheduler, search_alg=search_alg,
+                                        num_samples=num_samples, max_concurrent_trials=concurrency),
             run_config=tune.RunConfig(name=cfg.name, storage_path=exp_path, storage_filesystem=fs,
                                       failure_config=tune.FailureConfig(max_failures=0),
-                                      callbacks=[epoch_lines_callback(base, list(cfg.grid))],
+                                      callbacks=[epoch_lines_callback(base, cfg.axes)],
                                       # quiet: the callback's lines and tables only (console.py)
                                       verbose=2 if verbose else 0),
         )
-    print(f"sweep {cfg.name}: {len(trials)} trials, {concurrency} at a time, scheduler {sched.type}", flush=True)
-    axes = list(cfg.grid)
-    print(status_table(axes, [(f"{i + 1}", "planned", {a: getattr(t, a) for a in axes}, 0, t.epochs, None)
-                              for i, t in enumerate(trials)]), flush=True)
+    print(f"sweep {cfg.name}: {cfg.planned_trials} trials, {concurrency} at a time, search {cfg.search}, "
+          f"scheduler {sched.type}", flush=True)
+    if cfg.search == "grid":
+        axes = cfg.axes
+        print(status_table(axes, [(f"{i + 1}", "planned", {a: getattr(t, a) for a in axes}, 0, t.epochs, None)
+                                  for i, t in enumerate(trials)]), flush=True)
+    else:
+        print("  drawn from: " + ", ".join(f"{axis} {dist} {values}" for axis, spec in cfg.space.items()
+                                           for dist, values in spec.items()), flush=True)
     if not verbose:  # Tune's newer console prints its experiment header even when silent
         os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
     tuner.fit()
     return exp_uri
+
+
+def search_plan(cfg: SweepConfig):
+    """(param_space, search_alg, num_samples) of Tune for the sweep's ``search:``.
+
+    grid: every combination, once (a listed grid: each listed trial, once). random: ``num_samples`` independent draws of the space,
+    seeded. optuna: Optuna's TPE sampler proposes each trial from the results so far; its first
+    third (at most 10) are random draws, so that TPE has something to model on a small budget
+    (Optuna's own default, 10 random trials, would be the whole of a 6-trial search)."""
+    from ray import tune
+
+    if cfg.listed:  # exactly the listed trials, as points to evaluate, each axis a flat parameter
+        from ray.tune.search import BasicVariantGenerator
+
+        points = cfg.combinations()
+        space = {axis: tune.choice(list({json.dumps(p[axis]): p[axis] for p in points}.values())) for axis in cfg.axes}
+        return space, BasicVariantGenerator(points_to_evaluate=points), len(points)
+    if cfg.search == "grid":
+        return {axis: tune.grid_search(values) for axis, values in cfg.grid.items()}, None, 1
+    space = {axis: tune_domain(axis, spec) for axis, spec in cfg.space.items()}
+    if cfg.search == "random":
+        from ray.tune.search import BasicVariantGenerator
+
+        return space, BasicVariantGenerator(random_state=cfg.search_seed), cfg.num_samples
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # quiet: its per-trial INFO lines
+    sampler = optuna.samplers.TPESampler(seed=cfg.search_seed, n_startup_trials=min(10, max(2, cfg.num_samples // 3)))
+    return space, OptunaSearch(sampler=sampler), cfg.num_samples
 
 
 SWEEP_META = "sweep.json"

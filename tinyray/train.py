@@ -35,13 +35,78 @@ class TrainResult:
     result: dict  # what result.json holds
 
 
-def build_trainer(cfg: TrainConfig, manifest: dict, opts: StorageOptions, callbacks=(), board=None):
-    """The TensorflowTrainer of one run."""
-    import tinyray.tfk  # noqa: F401  (TensorFlow first, through tfk: ray.train.tensorflow imports it too)
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.tensorflow import TensorflowTrainer
+# ------------------------------------------------------------- MWMS without TensorFlow here
+# Ray's TensorflowTrainer is DataParallelTrainer + TensorflowConfig, whose module imports
+# TensorFlow (ray/train/tensorflow/__init__.py) in every process that unpickles it: the trial
+# driver and Train's controller as well as the workers. The backend below does the same one
+# thing, writing each worker's TF_CONFIG, from a module that imports no TensorFlow, and the
+# workers' loop is reached through ``train_loop`` for the same reason; measured in the closing
+# note of issue 13 (TensorFlow's import is ~3 s of CPU per process on this machine).
 
+
+def _set_tf_config(addresses: list[str], index: int) -> None:
+    import os
+
+    os.environ["TF_CONFIG"] = json.dumps({"cluster": {"worker": addresses}, "task": {"type": "worker", "index": index}})
+    os.environ["TF_USE_LEGACY_KERAS"] = "1"
+
+
+def _backend_classes():
+    from ray.train.backend import Backend, BackendConfig
+
+    class MWMSBackend(Backend):
+        def on_start(self, worker_group, backend_config):
+            import ray
+            from ray._common.network_utils import build_address
+            from ray.train._internal.utils import get_address_and_port
+
+            addresses = worker_group.execute(lambda: build_address(*get_address_and_port()))
+            ray.get([worker_group.execute_single_async(i, _set_tf_config, addresses=addresses, index=i)
+                     for i in range(len(worker_group))])
+
+    class MWMSConfig(BackendConfig):
+        """TF_CONFIG for MultiWorkerMirroredStrategy on each worker (as Ray's TensorflowConfig)."""
+
+        @property
+        def backend_cls(self):
+            return MWMSBackend
+
+        # No ``framework``: Ray would import tensorflow and keras (Keras 3, 0.6 s, unused here) on
+        # worker 0 before the loop starts, only to record their versions (provenance has them).
+
+    for cls in (MWMSBackend, MWMSConfig):  # pickled by reference, as module attributes
+        cls.__module__, cls.__qualname__ = __name__, cls.__name__
+    return MWMSBackend, MWMSConfig
+
+
+def __getattr__(name: str):
+    """The backend classes are built on first use, so importing this module imports no Ray."""
+    if name in ("MWMSBackend", "MWMSConfig"):
+        globals().update(zip(("MWMSBackend", "MWMSConfig"), _backend_classes()))
+        return globals()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def train_loop(config: dict) -> None:
+    """Each worker's loop (tinyray/worker.py), imported where it runs: the worker's data starts
+    loading first, and TensorFlow's import (~3 s) and the model's construction overlap it."""
+    import ray.train
+
+    from tinyray.data.pipeline import Loads
+
+    ctx = ray.train.get_context()
+    loads = Loads(TrainConfig.from_dict(config["train"]), ctx.get_world_rank(), ctx.get_world_size())
     from tinyray.worker import train_loop_per_worker
+
+    train_loop_per_worker(config, loads)
+
+
+def build_trainer(cfg: TrainConfig, manifest: dict, opts: StorageOptions, callbacks=(), board=None):
+    """The trainer of one run: Ray Train's DataParallelTrainer with MultiWorkerMirroredStrategy's
+    TF_CONFIG on each worker (what TensorflowTrainer is, without importing TensorFlow here)."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
+
     from tinyray.data.pipeline import IngestConfig, data_config, steps_per_epoch, train_datasets
 
     fs, path = storage.filesystem(cfg.storage, opts, ship=True)
@@ -50,8 +115,9 @@ def build_trainer(cfg: TrainConfig, manifest: dict, opts: StorageOptions, callba
         resources["GPU"] = cfg.gpus_per_worker
     summary = {"num_classes": len(manifest["classes"]), "classes": manifest["classes"],
                "train_count": manifest["train"]["count"], "val_count": manifest["val"]["count"]}
-    return TensorflowTrainer(
-        train_loop_per_worker,
+    return DataParallelTrainer(
+        train_loop,
+        backend_config=__getattr__("MWMSConfig")(),
         train_loop_config={"train": cfg.to_dict(), "num_classes": summary["num_classes"],
                            "steps": steps_per_epoch(manifest["train"]["count"], cfg.batch_size, cfg.workers),
                            "manifest_summary": summary, "provenance": provenance(manifest),
@@ -121,6 +187,12 @@ def run(cfg: TrainConfig, opts: StorageOptions, callbacks=(), manifest: dict | N
 
     The one code path for ``tinyray train`` and for every Tune trial (which passes Tune's report
     callback). A failure is one line, the same everywhere it is shown."""
+    import os
+
+    # Train's controller polls its workers every 2 s by default, so a finished run was noticed
+    # ~3 s late (measured per trial); 0.5 s halves a trial's teardown. Read from this process's
+    # environment and passed on to the controller by Ray Train.
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
     trainer = build_trainer(cfg, manifest or prepare(cfg, opts), opts, callbacks, board)
     try:
         trainer.fit()

@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 
-from tinyray.config import OPTIMIZERS, RESULT_FILE, STATE_FILE, TrainConfig
+from tinyray.config import PREEMPTED, RESULT_FILE, STATE_FILE, TrainConfig
 from tinyray.console import epoch_line, progress_callback
 from tinyray.data import storage
 from tinyray.data.storage import StorageOptions
@@ -25,21 +25,15 @@ from tinyray.tfk import keras, tf
 CKPT_PREFIX = "ckpt"
 EPOCH_KEYS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_top5_accuracy",
               "val_count", "epoch_seconds", "images_per_second", "data_load_seconds", "resumed_from_epoch",
-              "resumed_at_step", "optimizer_step")
+              "resumed_at_step", "optimizer_step", "lr")
 
 
 # ------------------------------------------------------------------------------ pure helpers
 
 
-def make_optimizer(name: str, lr: float, momentum: float = 0.9):
-    """One of the optimizers the seed compared (registry: config.OPTIMIZERS)."""
-    cls = getattr(keras.optimizers, OPTIMIZERS[name])
-    return cls(learning_rate=lr, momentum=momentum) if name == "sgd" else cls(learning_rate=lr)
-
-
 def epoch_metrics(epoch: int, logs: dict, val_sums, sync_sums, train_seconds: float, epoch_seconds: float,
                   images: int, load_seconds: float, start_epoch: int, optimizer_step: int,
-                  start_step: int = 0) -> dict:
+                  start_step: int = 0, lr: float | None = None) -> dict:
     """One epoch's report from what the workers summed.
 
     ``val_sums`` = (loss sum, top-1 hits, top-5 hits, count) over every worker's val images;
@@ -66,6 +60,9 @@ def epoch_metrics(epoch: int, logs: dict, val_sums, sync_sums, train_seconds: fl
         # Restored with the weights, so a resumed run continues the count: the test that
         # optimizer state survived a restart.
         "optimizer_step": optimizer_step,
+        # The lr of the next step, from the schedule at optimizer_step: a resumed run's curve
+        # continues where it was (recipe.lr_at).
+        "lr": lr,
         "world_size": int(round(n)),
         "replicas_in_sync": bool(abs(s2 / n - (s1 / n) ** 2) < 0.5),
     }
@@ -198,8 +195,9 @@ class EpochEnd(keras.callbacks.Callback):
     collective that the other workers never join."""
 
     def __init__(self, collective: Collective, ckpt, state: dict, global_batch: int, load_seconds: float,
-                 rank: int, epochs: int, board=None):
+                 rank: int, epochs: int, board=None, lr=None):
         super().__init__()
+        self.lr = lr if callable(lr) else (lambda step, lr=lr: lr)  # a schedule, or the constant
         self.collective, self.ckpt, self.state = collective, ckpt, state
         self.global_batch, self.load_seconds, self.rank = global_batch, load_seconds, rank
         self.start_epoch, self.epochs, self.board = state["epochs_done"], epochs, board
@@ -216,7 +214,8 @@ class EpochEnd(keras.callbacks.Callback):
         val, sync = self.collective.val_sums(), self.collective.sync_sums()
         metrics = epoch_metrics(epoch, logs, val, sync, train_seconds, time.perf_counter() - self.t_epoch,
                                 self.steps * self.global_batch, self.load_seconds, self.start_epoch,
-                                int(self.model.optimizer.iterations.numpy()), self.start_step)
+                                int(self.model.optimizer.iterations.numpy()), self.start_step,
+                                float(self.lr(self.model.optimizer.iterations)))
         self.state["history"].append(metrics)
         self.state["epochs_done"], self.state["step_in_epoch"] = epoch + 1, 0
         if self.board is not None and self.rank == 0:
@@ -263,8 +262,6 @@ class PreemptionCheck(keras.callbacks.Callback):
         self.offset = 0
 
 
-# The key of a preemption's checkpoint report (PreemptionCheck); sweep.TrialReports keeps it from Tune.
-PREEMPTED = "preempted_at_step"
 # How often (in steps) the workers ask about preemption: each ask is a barrier of all workers.
 PREEMPTION_CHECK_STEPS = 20
 
@@ -281,34 +278,32 @@ def checkpoint_and_report(ckpt, state: dict, rank: int) -> None:
         ray.train.report(state["history"][-1], checkpoint=checkpoint)
 
 
-def data_stalled(cfg: TrainConfig, split: str) -> TinyrayError:
-    """The one line for a worker that waited ``cfg.data_timeout`` for a batch: what the cluster
-    has free now, while this run's workers hold theirs, and a request that would fit."""
-    import ray
-
-    from tinyray.cluster import stall_message
-
-    return TinyrayError(stall_message(cfg, split, cfg.data_timeout, ray.available_resources().get("CPU", 0.0),
-                                      ray.cluster_resources().get("CPU", 0.0)))
-
-
-def train_loop_per_worker(config: dict) -> None:
+def train_loop_per_worker(config: dict, loads=None) -> None:
+    """One worker's run. ``loads`` (data.pipeline.Loads) was started before TensorFlow was
+    imported (train.train_loop), so that reading and decoding overlap the import and the model's
+    construction."""
     import ray.train
 
-    from tinyray.data.pipeline import IngestConfig, load_into_memory, rank_of, train_dataset_builder
+    from tinyray.data.pipeline import Augment, Loads, train_dataset_builder
     from tinyray.models import create_model
+    from tinyray.recipe import learning_rate, make_loss, make_optimizer
 
     cfg, num_classes, steps = TrainConfig.from_dict(config["train"]), config["num_classes"], config["steps"]
     started = time.perf_counter()
-    setup_tensorflow(cfg)
-    strategy = tf.distribute.MultiWorkerMirroredStrategy()
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    loads = loads or Loads(cfg, rank, world)
+    setup_tensorflow(cfg)
+    strategy = tf.distribute.MultiWorkerMirroredStrategy()
 
+    # The schedule follows the optimizer's step count, which the checkpoint restores: a resumed
+    # run continues on the same curve.
+    lr = learning_rate(cfg.lr, cfg.schedule, cfg.epochs * steps, cfg.warmup_epochs * steps)
+    augment = Augment.of(cfg, num_classes)
     with strategy.scope():
         model = create_model(cfg.model, num_classes=num_classes, weights=cfg.weights, freeze_base=cfg.freeze_base)
-        model.compile(optimizer=make_optimizer(cfg.optimizer, cfg.lr, cfg.momentum),
-                      loss="sparse_categorical_crossentropy", metrics=["accuracy"], jit_compile=cfg.xla)
+        model.compile(optimizer=make_optimizer(cfg.optimizer, lr, cfg.momentum, cfg.weight_decay, cfg.nesterov),
+                      loss=make_loss(cfg.label_smoothing, augment.soft), metrics=["accuracy"], jit_compile=cfg.xla)
         ckpt = tf.train.Checkpoint(model=model, optimizer=model.optimizer)
     state = {"model": cfg.model, "num_classes": num_classes, "epochs_done": 0, "history": []}
     resumed = ray.train.get_checkpoint()
@@ -317,11 +312,7 @@ def train_loop_per_worker(config: dict) -> None:
             state = read_checkpoint(strategy, model, ckpt, d)
         print(f"rank {rank}: resuming {cfg.run_name} after epoch {state['epochs_done']}", flush=True)
 
-    t0 = time.perf_counter()
-    ingest = IngestConfig(cache=cfg.cache)
-    val_images, val_labels = load_into_memory(
-        ray.train.get_dataset_shard("val"), ingest, keep=lambda f: rank_of(f, world) == rank,
-        timeout=cfg.data_timeout, stalled=lambda: data_stalled(cfg, "val"))
+    val_images, val_labels = loads.val()
     collective = Collective(strategy, model, val_images, val_labels, cfg.batch_size)
 
     def finish():  # every worker: the class-by-class evaluation and the weights are collectives
@@ -329,13 +320,12 @@ def train_loop_per_worker(config: dict) -> None:
         write_results(cfg, model, state, evaluation, config, time.perf_counter() - started, rank)
 
     if state["epochs_done"] < cfg.epochs:
-        build = train_dataset_builder(ray.train.get_dataset_shard("train"), ingest, cfg.batch_size,
-                                      seed=cfg.seed * 1000 + rank, flip=cfg.flip, timeout=cfg.data_timeout,
-                                      stalled=lambda: data_stalled(cfg, "train"))
+        build = train_dataset_builder(loads.train_shard, loads.ingest, cfg.batch_size, seed=cfg.seed * 1000 + rank,
+                                      augment=augment, steps=steps, arrays=loads.train())
         board = config.get("board")  # `tinyray train`'s console (console.Watch); None in a Tune trial
         preemption = PreemptionCheck(ckpt, state, rank, min(PREEMPTION_CHECK_STEPS, max(1, steps // 4)), steps)
-        callbacks = [EpochEnd(collective, ckpt, state, cfg.global_batch, time.perf_counter() - t0, rank,
-                              cfg.epochs, board), preemption]
+        callbacks = [EpochEnd(collective, ckpt, state, cfg.global_batch, loads.seconds, rank,
+                              cfg.epochs, board, lr), preemption]
         if board is not None and rank == 0:
             callbacks.append(progress_callback(board, cfg.epochs, steps, cfg.global_batch))
         start, done = state["epochs_done"], state.get("step_in_epoch", 0)
@@ -350,6 +340,7 @@ def train_loop_per_worker(config: dict) -> None:
         finish()
         checkpoint_and_report(ckpt, state, rank)
     else:
+        loads.train()  # read like every worker's (a split shard), though not trained on
         # Every epoch was done before (a rerun, or a driver that died after the run finished):
         # the results again, and the last epoch reported again so that a Tune trial records it.
         finish()
