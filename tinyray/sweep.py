@@ -477,8 +477,9 @@ def run_sweep(cfg: SweepConfig, data: str, opts: StorageOptions | None = None, r
                                       # quiet: the callback's lines and tables only (console.py)
                                       verbose=2 if verbose else 0),
         )
-    print(f"sweep {cfg.name}: {cfg.planned_trials} trials, {concurrency} at a time, search {cfg.search}, "
-          f"scheduler {sched.type}", flush=True)
+    search = f"search {cfg.search}, " if cfg.search != "grid" else ""
+    print(f"sweep {cfg.name}: {cfg.planned_trials} trials, {concurrency} at a time, {search}scheduler {sched.type}",
+          flush=True)
     if cfg.search == "grid":
         axes = cfg.axes
         print(status_table(axes, [(f"{i + 1}", "planned", {a: getattr(t, a) for a in axes}, 0, t.epochs, None)
