@@ -23,6 +23,16 @@ def _png(plt, fig) -> bytes:
     return buf.getvalue()
 
 
+def _finish(plt, fig, ax, xlabel: str, ylabel: str, title: str) -> bytes:
+    """Labels, grid and legend of a one-axis figure with labelled series, as PNG bytes."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _png(plt, fig)
+
+
 def accuracy_vs_epoch(lines: dict[str, list[tuple[int, float]]], title: str) -> bytes:
     """One line per label: (epoch, accuracy) points — the seed's two plots."""
     from matplotlib.ticker import MaxNLocator
@@ -31,12 +41,7 @@ def accuracy_vs_epoch(lines: dict[str, list[tuple[int, float]]], title: str) -> 
     for label, points in lines.items():
         ax.plot([e for e, _ in points], [100 * a for _, a in points], marker="o", ms=3, label=label)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("accuracy (%)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    return _png(plt, fig)
+    return _finish(plt, fig, ax, "epoch", "accuracy (%)", title)
 
 
 def class_heatmap(models: list[str], matrix: np.ndarray, class_labels: list[str]) -> bytes:
@@ -99,9 +104,4 @@ def lr_scatter(points: dict[str, list[tuple[float, float]]], title: str) -> byte
     for label, pts in points.items():
         ax.scatter([lr for lr, _ in pts], [100 * a for _, a in pts], label=label, s=22)
     ax.set_xscale("log")
-    ax.set_xlabel("lr (log scale)")
-    ax.set_ylabel("best val top-1 (%)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    return _png(plt, fig)
+    return _finish(plt, fig, ax, "lr (log scale)", "best val top-1 (%)", title)
