@@ -43,7 +43,7 @@ def _field(default=dataclasses.MISSING, help: str = "", choices=None, identity: 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """One model trained by one TensorflowTrainer. Defaults are the seed study's recipe."""
+    """One model trained by one Ray Train run (MultiWorkerMirroredStrategy). Defaults are the seed study's recipe."""
 
     model: str = _field(help="a registry name (tinyray models)", choices=tuple(REGISTRY))
     data: str = _field(help="a staged dataset: s3://bucket/prefix or a local folder with manifest.json",

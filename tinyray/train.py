@@ -1,5 +1,5 @@
-"""Train one TrainConfig across workers: Ray Train's TensorflowTrainer with
-MultiWorkerMirroredStrategy. ``run`` is the one way a config is trained — by ``tinyray train``
+"""Train one TrainConfig across workers: Ray Train (a DataParallelTrainer with a TF_CONFIG backend)
+and MultiWorkerMirroredStrategy. ``run`` is the one way a config is trained — by ``tinyray train``
 and by every Tune trial of a sweep — and leaves the same run folder either way::
 
     <storage>/<run name>/

@@ -3,7 +3,7 @@ the model in MultiWorkerMirroredStrategy's scope (resuming from a checkpoint) �
 worker's data → ``fit`` with ``EpochEnd``, which validates over all workers, checkpoints and
 reports once per epoch → write result.json and model/ (rank 0).
 
-``tinyray.train`` builds the TensorflowTrainer that runs ``train_loop_per_worker``.
+``tinyray.train`` builds the Ray Train trainer whose workers run ``train_loop_per_worker``.
 """
 from __future__ import annotations
 

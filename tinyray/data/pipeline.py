@@ -131,7 +131,7 @@ def read_split(data_uri: str, split: str, manifest: dict, opts: StorageOptions, 
 
 
 def train_datasets(data_uri: str, manifest: dict, opts: StorageOptions, ingest: IngestConfig) -> dict:
-    """The datasets dict for a TensorflowTrainer: train is split by Ray, val read whole."""
+    """The datasets dict for the run's trainer: train is split by Ray, val read whole."""
     return {
         "train": read_split(data_uri, "train", manifest, opts, ingest),
         "val": read_split(data_uri, "val", manifest, opts, ingest, columns=("image", "label", "file")),
