@@ -284,7 +284,7 @@ def train_loop_per_worker(config: dict, loads=None) -> None:
     construction."""
     import ray.train
 
-    from tinyray.data.pipeline import Augment, Loads, train_dataset_builder
+    from tinyray.data.pipeline import Augment, Loads
     from tinyray.models import create_model
     from tinyray.recipe import learning_rate, make_loss, make_optimizer
 
@@ -320,8 +320,7 @@ def train_loop_per_worker(config: dict, loads=None) -> None:
         write_results(cfg, model, state, evaluation, config, time.perf_counter() - started, rank)
 
     if state["epochs_done"] < cfg.epochs:
-        build = train_dataset_builder(loads.train_shard, loads.ingest, cfg.batch_size, seed=cfg.seed * 1000 + rank,
-                                      augment=augment, steps=steps, arrays=loads.train())
+        build = loads.train_dataset(cfg.batch_size, seed=cfg.seed * 1000 + rank, augment=augment, steps=steps)
         board = config.get("board")  # `tinyray train`'s console (console.Watch); None in a Tune trial
         preemption = PreemptionCheck(ckpt, state, rank, min(PREEMPTION_CHECK_STEPS, max(1, steps // 4)), steps)
         callbacks = [EpochEnd(collective, ckpt, state, cfg.global_batch, loads.seconds, rank,

@@ -223,7 +223,7 @@ class Loads:
 
         import ray.train
 
-        self.started, self.cfg = time.perf_counter(), cfg
+        self.started = time.perf_counter()
         self.ingest = IngestConfig(cache=cfg.cache, decode_threads=max(1, round(cfg.cpus_per_worker)))
         self.train_shard = ray.train.get_dataset_shard("train")
         # One thread, val then train: two Ray Data reads at once were slower than one after the other
@@ -250,6 +250,18 @@ class Loads:
 
     def train(self) -> tuple[np.ndarray, np.ndarray] | None:
         return self._wait(self._train) if self._train is not None else None
+
+    def train_dataset(self, batch_size: int, seed: int, augment: "Augment", steps: int):
+        """``build(first_epoch, skip=0)``: the worker's endless train dataset, in ``--cache`` mode,
+        starting ``skip`` batches into ``first_epoch`` (a run resumed where a preemption notice
+        saved it): from the decoded arrays (memory), or re-read through Ray Data every epoch
+        (stream; there the val split, loaded first, is what the watchdog guards)."""
+        if self._train is not None:
+            images, labels = self.train()
+            return lambda first_epoch, skip=0: memory_train_dataset(images, labels, batch_size, seed=seed,
+                                                                    first_epoch=first_epoch, augment=augment, skip=skip)
+        return lambda first_epoch, skip=0: stream_train_dataset(
+            self.train_shard, batch_size, seed=seed, augment=augment, skip=skip, first_batch=first_epoch * steps + skip)
 
 
 def data_stalled(cfg, split: str) -> TinyrayError:
@@ -291,10 +303,12 @@ class Augment:
 
     @staticmethod
     def draw_spec(n):
+        """tf.data's signature of ``draws(…).as_tensors()`` for a batch of ``n``, read off one."""
+        from tinyray.recipe import draws
         from tinyray.tfk import tf
 
-        return (tf.TensorSpec((n,), tf.bool), tf.TensorSpec((n, 2), tf.int32), tf.TensorSpec((), tf.bool),
-                tf.TensorSpec((), tf.float32), tf.TensorSpec((), tf.float32), tf.TensorSpec((2,), tf.float32))
+        return tuple(tf.TensorSpec(np.shape(v), tf.as_dtype(np.asarray(v).dtype))
+                     for v in draws(0, 0, n).as_tensors())
 
 
 def _options(ds):
@@ -310,7 +324,7 @@ def memory_train_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int
                          first_epoch: int = 0, augment: Augment = Augment(), skip: int = 0):
     """An endless tf.data dataset of shuffled, augmented batches from decoded arrays.
 
-    Python produces only each batch's indices and key (one small yield per batch); the batch
+    Python produces only each batch's indices and random draws (one small yield per batch); the batch
     itself is gathered from the arrays, which stay outside the graph (a from_tensor_slices of
     ~1 GB would be embedded in it and hit protobuf's 2 GB limit under tf.distribute), and
     augmented by tf.data's parallel map: numpy's gather and TF's ops release the GIL, so batches
@@ -366,21 +380,6 @@ def stream_train_dataset(iterator, batch_size: int, seed: int, augment: Augment 
     ds = tf.data.Dataset.zip((ds.repeat().skip(skip), tf.data.Dataset.counter(first_batch))).map(with_draws)
     ds = ds.map(augment.fn(), num_parallel_calls=tf.data.AUTOTUNE)
     return _options(ds.prefetch(tf.data.AUTOTUNE))
-
-
-def train_dataset_builder(iterator, ingest: IngestConfig, batch_size: int, seed: int, augment: Augment = Augment(),
-                          timeout: float | None = None, stalled=None, steps: int = 0, arrays=None):
-    """``build(first_epoch, skip=0)``: a worker's endless train dataset from its Ray Data shard, in
-    ``ingest.cache`` mode, starting ``skip`` batches into ``first_epoch`` (a run resumed where a
-    preemption notice saved it). In ``memory`` mode the shard is read and decoded once, here,
-    unless ``arrays`` (images, labels) were loaded already (``Loads``). (In ``stream`` mode the
-    val split, always loaded first, is what the watchdog guards.)"""
-    if ingest.cache == "memory":
-        images, labels = arrays or load_into_memory(iterator, ingest, timeout=timeout, stalled=stalled)
-        return lambda first_epoch, skip=0: memory_train_dataset(images, labels, batch_size, seed=seed,
-                                                                first_epoch=first_epoch, augment=augment, skip=skip)
-    return lambda first_epoch, skip=0: stream_train_dataset(
-        iterator, batch_size, seed=seed, augment=augment, skip=skip, first_batch=first_epoch * steps + skip)
 
 
 def eval_batches(images: np.ndarray, labels: np.ndarray, batch_size: int):
