@@ -68,7 +68,7 @@ def main(argv=None):
     parser.add_argument("--model", default="model2")
     parser.add_argument("--images", type=int, default=2048)
     parser.add_argument("--epochs", type=int, default=4)
-    parser.add_argument("--batch-size", type=int, default=64, help="per worker")
+    parser.add_argument("--batch-size", type=int, default=64, help="per replica (one replica per worker here)")
     parser.add_argument("--reps", type=int, default=3, help="alternating repetitions of the three paths")
     args = parser.parse_args(argv)
 

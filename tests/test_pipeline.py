@@ -10,16 +10,20 @@ from tinyray.errors import TinyrayError
 from conftest import SAMPLE
 
 
-@pytest.mark.parametrize("count,batch,workers,steps", [
-    (100_000, 64, 1, 1562), (100_000, 64, 4, 390), (96, 8, 2, 6), (97, 8, 2, 6), (16, 8, 2, 1),
+@pytest.mark.parametrize("count,batch,workers,replicas,steps", [
+    (100_000, 64, 1, 1, 1562), (100_000, 64, 4, 1, 390), (96, 8, 2, 1, 6), (97, 8, 2, 1, 6), (16, 8, 2, 1, 1),
+    # a worker with 4 GPUs takes 4 batches a step: 100,000 / 2 workers / (4 × 64) = 195.3
+    (100_000, 64, 2, 4, 195), (96, 8, 2, 3, 2),
 ])
-def test_steps_per_epoch(count, batch, workers, steps):
-    assert steps_per_epoch(count, batch, workers) == steps
+def test_steps_per_epoch(count, batch, workers, replicas, steps):
+    assert steps_per_epoch(count, batch, workers, replicas) == steps
 
 
-def test_less_than_a_batch_per_worker_is_a_clear_error():
-    with pytest.raises(TinyrayError, match="less than one batch of 64 per worker"):
+def test_less_than_a_step_per_worker_is_a_clear_error():
+    with pytest.raises(TinyrayError, match="less than one step of 64 images per worker"):
         steps_per_epoch(100, 64, 2)
+    with pytest.raises(TinyrayError, match=r"less than one step of 32 images per worker \(4 replica"):
+        steps_per_epoch(100, 8, 4, 4)
 
 
 def test_epoch_order_is_a_seeded_permutation_of_full_batches():
@@ -145,3 +149,19 @@ def test_a_run_resumed_mid_epoch_sees_the_rest_of_that_epochs_batches():
     resumed = first_labels(memory_train_dataset(images, labels, 4, seed=3, first_epoch=1, augment=Augment("none"), skip=3), 7)
     assert resumed == whole[3:]
     assert sorted(sum(whole, [])) == list(range(40))  # one epoch: every image once
+
+
+def test_a_worker_with_several_replicas_gets_whole_batches_and_still_every_image_once():
+    """3 replicas × batch 4 = 12 images a step: 40 // 12 = 3 steps of 3 batches; the 4 left over
+    wait for the next epoch's shuffle. A resume skips whole steps (skip counts batches)."""
+    from tinyray.data.pipeline import Augment, memory_train_dataset
+
+    images = np.zeros((40, 64, 64, 3), np.uint8)
+    labels = np.arange(40, dtype=np.int32)
+    ds = memory_train_dataset(images, labels, 4, seed=3, augment=Augment("none"), replicas=3)
+    batches = [y.numpy().tolist() for _, y in ds.take(18)]  # two epochs
+    assert [len(b) for b in batches] == [4] * 18
+    epoch0, epoch1 = sum(batches[:9], []), sum(batches[9:], [])
+    assert len(set(epoch0)) == 36 and len(set(epoch1)) == 36 and epoch0 != epoch1
+    resumed = memory_train_dataset(images, labels, 4, seed=3, augment=Augment("none"), replicas=3, skip=3)
+    assert [y.numpy().tolist() for _, y in resumed.take(6)] == batches[3:9]

@@ -36,6 +36,8 @@ def cfg(**kw):
     ({"precision": "bfloat8"}, "unknown precision"),
     ({"cache": "disk"}, "unknown cache 'disk'; valid: memory, stream"),
     ({"name": "a/b"}, "may hold only"),
+    ({"gpus_per_worker": 1.5}, "gpus_per_worker above 1 must be a whole number"),
+    ({"xla": True, "workers": 2}, "xla with 2 workers would compile the cross-worker all-reduce .*58961"),
 ])
 def test_bad_train_config_is_a_clear_error(kw, message):
     with pytest.raises(TinyrayError, match=message):
@@ -96,6 +98,9 @@ def test_defaults_are_the_seeds():
     c = cfg()
     assert (c.optimizer, c.lr, c.augment, c.schedule) == ("adam", 1e-4, "flip", "constant")
     assert c.global_batch == 64 and cfg(workers=4).global_batch == 256
+    # one replica per whole GPU: 2 workers × 4 GPUs × 64; a shared GPU is one replica
+    assert cfg(workers=2, gpus_per_worker=4).global_batch == 512 and cfg(gpus_per_worker=0.5).global_batch == 64
+    assert cfg(xla=True).xla  # one worker may jit-compile
     assert cfg().run_name == cfg().run_name == "tinycnn-adam-lr0.0001-b64x1-e10-s0"
 
 
@@ -188,16 +193,20 @@ def test_make_optimizer(name, cls):
 def test_epoch_metrics_arithmetic():
     logs = {"loss": 1.5, "accuracy": 0.25}
     # 2 workers: 40 val images, 10 right, 30 in the top 5; identical weight digests 7 and 7
+    # this attempt's steps: 1024 images in 16 steps of 32 per replica; 7 steps of 64 before the
+    # preemption checkpoint it resumed from (448 images)
     m = epoch_metrics(epoch=2, logs=logs, val_sums=(80.0, 10.0, 30.0, 40.0), sync_sums=(2.0, 14.0, 98.0),
-                      train_seconds=4.0, epoch_seconds=5.0, images=1024, load_seconds=9.0, start_epoch=2,
-                      optimizer_step=48, start_step=7, lr=0.05)
+                      train_seconds=4.0, epoch_seconds=5.0, counts=(1024, 16, 32, 32), load_seconds=9.0, start_epoch=2,
+                      optimizer_step=48, start_step=7, lr=0.05, carried=(448, 7))
     assert m == {"epoch": 3, "train_loss": 1.5, "train_accuracy": 0.25, "val_loss": 2.0, "val_accuracy": 0.25,
-                 "val_top5_accuracy": 0.75, "val_count": 40, "epoch_seconds": 5.0, "images_per_second": 256.0,
+                 "val_top5_accuracy": 0.75, "val_count": 40, "epoch_seconds": 5.0, "train_images": 1472,
+                 "global_batch": 64, "replica_batch_min": 32, "replica_batch_max": 32, "images_per_second": 256.0,
                  "data_load_seconds": 9.0, "resumed_from_epoch": 2, "resumed_at_step": 7, "optimizer_step": 48,
                  "lr": 0.05, "world_size": 2, "replicas_in_sync": True}
     # digests 7 and 9: the replicas drifted apart; a later epoch reports no load time
-    m = epoch_metrics(3, logs, (80, 10, 30, 40), (2.0, 16.0, 130.0), 4.0, 5.0, 1024, 9.0, 2, 64)
+    m = epoch_metrics(3, logs, (80, 10, 30, 40), (2.0, 16.0, 130.0), 4.0, 5.0, (1024, 16, 32, 32), 9.0, 2, 64)
     assert m["replicas_in_sync"] is False and m["data_load_seconds"] == 0.0 and m["epoch"] == 4
+    assert (m["train_images"], m["global_batch"]) == (1024, 64)
 
 def test_mixed_precision_keeps_the_output_float32():
     from tinyray.models import create_model
@@ -300,6 +309,11 @@ def test_two_workers_learn_the_sample_in_sync(ray_cluster, staged, s3, tmp_path)
     out = train(tmp_path, staged, s3, epochs=6)
     epochs = out.result["epochs"]
     assert [e["epoch"] for e in epochs] == [1, 2, 3, 4, 5, 6]
+    # counted in the train steps: each replica got its batch of 8, every epoch saw all 96 images
+    train_count = SAMPLE.classes * SAMPLE.train_per_class
+    assert [(e["global_batch"], e["train_images"], e["replica_batch_min"], e["replica_batch_max"])
+            for e in epochs] == [(16, train_count, 8, 8)] * 6
+    assert out.result["global_batch"] == 16
     # MWMS really spans both workers, and they hold identical weights after every epoch
     state = latest_state(out.run_dir)
     assert [h["world_size"] for h in state["history"]] == [2] * 6

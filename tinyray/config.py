@@ -50,9 +50,11 @@ class TrainConfig:
                        identity=False)
     workers: int = _field(1, "Train workers (MultiWorkerMirroredStrategy replicas)")
     cpus_per_worker: float = _field(1.0, "CPUs each worker holds; TensorFlow's threads follow it", identity=False)
-    gpus_per_worker: float = _field(0.0, "GPUs each worker holds (1 on a GPU cluster)", identity=False)
+    gpus_per_worker: float = _field(0.0, "GPUs each worker holds (1 on a GPU cluster; a whole number above 1: "
+                                         "one replica per GPU)", identity=False)
     epochs: int = _field(10, "epochs to train")
-    batch_size: int = _field(64, "PER-WORKER batch; the global batch is this × workers")
+    batch_size: int = _field(64, "images each replica trains on per step (a worker, or each GPU of a multi-GPU "
+                                 "worker); the global batch is this × workers × GPUs per worker")
     optimizer: str = _field("adam", "the seed chose Adam after trying RMSprop, SGD and Nadam",
                             choices=tuple(OPTIMIZERS))
     lr: float = _field(1e-4, "learning rate (the seed's 1e-4)")
@@ -72,7 +74,8 @@ class TrainConfig:
     warmup_epochs: int = _field(0, "epochs of linear warmup to lr before the schedule")
     precision: str = _field("float32", "mixed_float16 on GPUs; the output layer stays float32",
                             choices=PRECISIONS)
-    xla: bool = _field(False, "jit-compile the train step (GPU clusters; works, slowly, on CPU)", identity=False)
+    xla: bool = _field(False, "jit-compile the train step (GPU clusters; works, slowly, on CPU); one worker only",
+                       identity=False)
     seed: int = _field(0, "seeds weights, shuffling and augmentation")
     weights: str = _field("none", "model5/model6 base: none, imagenet, a path or an s3:// URI of a weights file")
     freeze_base: bool = _field(False, "model5/model6: train the head only")
@@ -102,6 +105,14 @@ class TrainConfig:
             (self.batch_size >= 1, f"batch_size must be at least 1, got {self.batch_size}"),
             (self.cpus_per_worker > 0, f"cpus_per_worker must be > 0, got {self.cpus_per_worker}"),
             (self.gpus_per_worker >= 0, f"gpus_per_worker must be >= 0, got {self.gpus_per_worker}"),
+            # MirroredStrategy makes one replica per visible GPU: 1.5 GPUs is no number of replicas
+            (self.gpus_per_worker <= 1 or self.gpus_per_worker.is_integer(),
+             f"gpus_per_worker above 1 must be a whole number (one replica per GPU), got {self.gpus_per_worker:g}"),
+            # jit_compile puts the train step's cross-worker all-reduce inside XLA, which is broken
+            # upstream for MultiWorkerMirroredStrategy (tensorflow/tensorflow#58961)
+            (not (self.xla and self.workers > 1),
+             f"xla with {self.workers} workers would compile the cross-worker all-reduce into XLA, which "
+             "TensorFlow does not support (tensorflow/tensorflow#58961): use xla with workers: 1"),
             (self.max_failures >= -1, "max_failures must be -1 (forever) or more"),
             (self.mixup >= 0, f"mixup must be >= 0 (an alpha; 0 = off), got {self.mixup}"),
             (self.cutmix >= 0, f"cutmix must be >= 0 (an alpha; 0 = off), got {self.cutmix}"),
@@ -121,8 +132,16 @@ class TrainConfig:
                 raise TinyrayError(message)
 
     @property
+    def replicas_per_worker(self) -> int:
+        """MultiWorkerMirroredStrategy's replicas in one worker: one per GPU it holds, else one
+        (a fraction of a GPU, or CPUs)."""
+        return max(1, int(self.gpus_per_worker))
+
+    @property
     def global_batch(self) -> int:
-        return self.batch_size * self.workers
+        """Images one optimizer step trains on, over every replica: what the lr is tuned for.
+        The figures each epoch reports are counted in the train step (worker.ImageCount)."""
+        return self.batch_size * self.workers * self.replicas_per_worker
 
     @property
     def run_name(self) -> str:

@@ -178,6 +178,8 @@ def progress_callback(board, epochs: int, steps: int, global_batch: int, every: 
     from tinyray.tfk import keras
 
     class Progress(keras.callbacks.Callback):
+        _supports_tf_logs = True  # reads no logs: no step waits for them as numpy
+
         def on_epoch_begin(self, epoch, logs=None):
             self.epoch, self.t0, self.last = epoch, time.perf_counter(), 0.0
 

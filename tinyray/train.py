@@ -101,9 +101,10 @@ def train_loop(config: dict) -> None:
     train_loop_per_worker(config, loads)
 
 
-def build_trainer(cfg: TrainConfig, manifest: dict, opts: StorageOptions, callbacks=(), board=None):
+def build_trainer(cfg: TrainConfig, manifest: dict, opts: StorageOptions, callbacks=(), board=None, loop=None):
     """The trainer of one run: Ray Train's DataParallelTrainer with MultiWorkerMirroredStrategy's
-    TF_CONFIG on each worker (what TensorflowTrainer is, without importing TensorFlow here)."""
+    TF_CONFIG on each worker (what TensorflowTrainer is, without importing TensorFlow here).
+    ``loop``: another per-worker function in place of ``train_loop`` (the input tests' probe)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
 
@@ -116,10 +117,11 @@ def build_trainer(cfg: TrainConfig, manifest: dict, opts: StorageOptions, callba
     summary = {"num_classes": len(manifest["classes"]), "classes": manifest["classes"],
                "train_count": manifest["train"]["count"], "val_count": manifest["val"]["count"]}
     return DataParallelTrainer(
-        train_loop,
+        loop or train_loop,
         backend_config=__getattr__("MWMSConfig")(),
         train_loop_config={"train": cfg.to_dict(), "num_classes": summary["num_classes"],
-                           "steps": steps_per_epoch(manifest["train"]["count"], cfg.batch_size, cfg.workers),
+                           "steps": steps_per_epoch(manifest["train"]["count"], cfg.batch_size, cfg.workers,
+                                                    cfg.replicas_per_worker),
                            "manifest_summary": summary, "provenance": provenance(manifest),
                            "board": board},  # where rank 0 posts its epoch lines (console.Watch)
         scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.gpus_per_worker > 0,

@@ -24,24 +24,30 @@ from tinyray.tfk import keras, tf
 
 CKPT_PREFIX = "ckpt"
 EPOCH_KEYS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_top5_accuracy",
-              "val_count", "epoch_seconds", "images_per_second", "data_load_seconds", "resumed_from_epoch",
-              "resumed_at_step", "optimizer_step", "lr")
+              "val_count", "epoch_seconds", "train_images", "global_batch", "replica_batch_min", "replica_batch_max",
+              "images_per_second", "data_load_seconds", "resumed_from_epoch", "resumed_at_step", "optimizer_step", "lr")
 
 
 # ------------------------------------------------------------------------------ pure helpers
 
 
 def epoch_metrics(epoch: int, logs: dict, val_sums, sync_sums, train_seconds: float, epoch_seconds: float,
-                  images: int, load_seconds: float, start_epoch: int, optimizer_step: int,
-                  start_step: int = 0, lr: float | None = None) -> dict:
+                  counts, load_seconds: float, start_epoch: int, optimizer_step: int,
+                  start_step: int = 0, lr: float | None = None, carried=(0, 0)) -> dict:
     """One epoch's report from what the workers summed.
 
     ``val_sums`` = (loss sum, top-1 hits, top-5 hits, count) over every worker's val images;
     ``sync_sums`` = (workers, Σ digest, Σ digest²) of the workers' weight digests — zero variance
-    exactly when every worker holds the same weights. ``epoch`` counts from 0, as Keras does.
+    exactly when every worker holds the same weights; ``counts`` = (images, steps, smallest and
+    largest batch) that the replicas' train steps received this attempt (``ImageCount``, images
+    summed over every replica, steps those of one replica, which all take the same);
+    ``carried`` = (images, steps) of this epoch counted before a preemption checkpoint that this
+    attempt resumed from. ``epoch`` counts from 0, as Keras does.
     """
     loss_sum, top1, top5, count = (float(v) for v in val_sums)
     n, s1, s2 = (float(v) for v in sync_sums)
+    images, steps, smallest, largest = (int(round(float(v))) for v in counts)
+    total, total_steps = images + int(carried[0]), steps + int(carried[1])
     per = max(count, 1.0)
     return {
         "epoch": epoch + 1,
@@ -52,7 +58,12 @@ def epoch_metrics(epoch: int, logs: dict, val_sums, sync_sums, train_seconds: fl
         "val_top5_accuracy": top5 / per,
         "val_count": int(round(count)),
         "epoch_seconds": epoch_seconds,
-        "images_per_second": images / train_seconds,
+        # counted in the train step, not derived from the config: what the replicas received
+        "train_images": total,
+        "global_batch": total // total_steps if total_steps else 0,
+        "replica_batch_min": smallest,
+        "replica_batch_max": largest,
+        "images_per_second": images / train_seconds,  # this attempt's images in this attempt's time
         "data_load_seconds": load_seconds if epoch == start_epoch else 0.0,
         "resumed_from_epoch": start_epoch,
         # > 0 when this attempt began inside that epoch: a checkpoint saved on a preemption notice
@@ -125,6 +136,62 @@ def setup_tensorflow(cfg: TrainConfig) -> None:
     keras.utils.set_random_seed(cfg.seed)
 
 
+def make_strategy(cfg: TrainConfig):
+    """MultiWorkerMirroredStrategy, all-reducing with NCCL between workers that each hold whole
+    GPUs (AUTO means RING, host memory and gRPC, unless NCCL is asked for), RING otherwise: on
+    CPUs, and for workers that share a GPU, where NCCL refuses two ranks on one device."""
+    comm = tf.distribute.experimental.CommunicationImplementation
+    nccl = cfg.workers > 1 and cfg.gpus_per_worker >= 1
+    options = tf.distribute.experimental.CommunicationOptions(implementation=comm.NCCL if nccl else comm.RING)
+    strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+    replicas = strategy.num_replicas_in_sync // cfg.workers
+    if replicas != cfg.replicas_per_worker:
+        raise TinyrayError(f"this worker runs {replicas} replica(s), but gpus_per_worker {cfg.gpus_per_worker:g} "
+                           f"means {cfg.replicas_per_worker}: TensorFlow sees {len(tf.config.list_physical_devices('GPU'))} "
+                           "GPU(s) here")
+    return strategy
+
+
+def per_replica_input(strategy, dataset):
+    """``dataset`` (this worker's, already sharded by Ray, in per-replica batches) as the input of
+    ``fit``. Handed to ``fit`` as it is, Keras would call ``experimental_distribute_dataset``,
+    which reads each element as the *global* batch and gives every replica 1/replicas of it:
+    each replica trained on batch/W images and an epoch covered 1/W of the data. From a function,
+    each of this worker's replicas takes whole elements."""
+    return strategy.distribute_datasets_from_function(lambda context: dataset)
+
+
+class ImageCount:
+    """What each replica's train step received, counted inside the step: images, steps, and the
+    smallest and largest batch since ``reset``. Wraps the model's ``train_step``; a variable of its
+    own (not Keras' metrics, whose logs ``fit`` all-reduces value by value on every step), read
+    per replica only when asked (``Collective.counts``), so no step waits for the host."""
+
+    FRESH = (0.0, 0.0, 2.0 ** 52, 0.0)  # images, steps, smallest batch, largest batch
+
+    def __init__(self, strategy, model):
+        self.strategy = strategy
+        with strategy.scope():
+            self.var = tf.Variable(self.FRESH, dtype=tf.float64, trainable=False,
+                                   synchronization=tf.VariableSynchronization.ON_READ,
+                                   aggregation=tf.VariableAggregation.SUM)
+        inner, var = model.train_step, self.var
+
+        def train_step(data):
+            b = tf.cast(tf.shape(tf.nest.flatten(data)[0])[0], tf.float64)
+            c = tf.identity(var)  # this replica's copy (replica context)
+            var.assign(tf.stack([c[0] + b, c[1] + 1.0, tf.minimum(c[2], b), tf.maximum(c[3], b)]))
+            return inner(data)
+
+        model.train_step = train_step
+
+    def reset(self) -> None:
+        # Each replica's copy by itself: assigning a SUM variable from cross-replica context would
+        # divide the value among the replicas.
+        for v in self.strategy.experimental_local_results(self.var):
+            v.assign(self.FRESH)
+
+
 class Collective:
     """The cross-worker sums an epoch needs: val metrics and the replicas' weight digests.
 
@@ -156,6 +223,18 @@ class Collective:
             lambda v: tf.math.top_k(tf.cast(model(v, training=False), tf.float32), k).indices, args=(x,)))
         self._sum = tf.function(lambda v: strategy.reduce(
             tf.distribute.ReduceOp.SUM, strategy.run(tf.identity, args=(v,)), axis=None))
+        self._gather = tf.function(lambda var: strategy.gather(
+            strategy.run(lambda: tf.reshape(tf.identity(var), [1, -1])), axis=0))
+
+    def counts(self, count: ImageCount) -> tuple[int, int, int, int]:
+        """(images, steps, smallest batch, largest batch) over every replica of every worker,
+        from what ``count`` counted in their train steps (a collective: every worker calls it)."""
+        rows = self._gather(count.var).numpy()  # one row per replica
+        steps = rows[:, 1]
+        if steps.min() != steps.max():
+            raise TinyrayError(f"replicas took different numbers of steps this epoch ({steps.min():.0f} to "
+                               f"{steps.max():.0f}): MultiWorkerMirroredStrategy is out of step")
+        return int(rows[:, 0].sum()), int(steps[0]), int(rows[:, 2].min()), int(rows[:, 3].max())
 
     def val_sums(self) -> np.ndarray:
         from tinyray.data.pipeline import eval_batches
@@ -194,30 +273,32 @@ class EpochEnd(keras.callbacks.Callback):
     saved model outside ``fit``'s strategy scope, where creating variables would start a
     collective that the other workers never join."""
 
-    def __init__(self, collective: Collective, ckpt, state: dict, global_batch: int, load_seconds: float,
+    _supports_tf_logs = True  # its work is per epoch: no step waits for numpy logs
+
+    def __init__(self, collective: Collective, count: ImageCount, ckpt, state: dict, load_seconds: float,
                  rank: int, epochs: int, board=None, lr=None):
         super().__init__()
         self.lr = lr if callable(lr) else (lambda step, lr=lr: lr)  # a schedule, or the constant
-        self.collective, self.ckpt, self.state = collective, ckpt, state
-        self.global_batch, self.load_seconds, self.rank = global_batch, load_seconds, rank
+        self.collective, self.count, self.ckpt, self.state = collective, count, ckpt, state
+        self.load_seconds, self.rank = load_seconds, rank
         self.start_epoch, self.epochs, self.board = state["epochs_done"], epochs, board
         self.start_step = state.get("step_in_epoch", 0)
 
     def on_epoch_begin(self, epoch, logs=None):
-        self.t_epoch, self.steps = time.perf_counter(), 0
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.steps += 1
+        self.t_epoch = time.perf_counter()
+        self.count.reset()
 
     def on_epoch_end(self, epoch, logs=None):
+        logs = {k: float(v) for k, v in (logs or {}).items()}  # tensors: this callback takes tf logs
         train_seconds = time.perf_counter() - self.t_epoch
+        counts = self.collective.counts(self.count)
         val, sync = self.collective.val_sums(), self.collective.sync_sums()
         metrics = epoch_metrics(epoch, logs, val, sync, train_seconds, time.perf_counter() - self.t_epoch,
-                                self.steps * self.global_batch, self.load_seconds, self.start_epoch,
+                                counts, self.load_seconds, self.start_epoch,
                                 int(self.model.optimizer.iterations.numpy()), self.start_step,
-                                float(self.lr(self.model.optimizer.iterations)))
+                                float(self.lr(self.model.optimizer.iterations)), self.state.get("carried", (0, 0)))
         self.state["history"].append(metrics)
-        self.state["epochs_done"], self.state["step_in_epoch"] = epoch + 1, 0
+        self.state["epochs_done"], self.state["step_in_epoch"], self.state["carried"] = epoch + 1, 0, (0, 0)
         if self.board is not None and self.rank == 0:
             self.board.post.remote(epoch_line(metrics, self.epochs))
         if epoch + 1 < self.epochs:
@@ -232,9 +313,14 @@ class PreemptionCheck(keras.callbacks.Callback):
     the run resumes here on another node instead of at the epoch's start. ``offset``: the steps of
     this epoch done before this ``fit`` (a run resumed mid-epoch)."""
 
-    def __init__(self, ckpt, state: dict, rank: int, every: int, steps: int):
+    _supports_tf_logs = True  # it reads only the step number: no step waits for numpy logs
+
+    def __init__(self, ckpt, state: dict, rank: int, every: int, steps: int, counted=None):
         super().__init__()
         self.ckpt, self.state, self.rank, self.every, self.steps = ckpt, state, rank, max(1, every), steps
+        # () -> (images, steps) this epoch so far, over every replica: kept in the checkpoint so the
+        # resumed epoch reports all it trained on
+        self.counted = counted or (lambda: (0, 0))
         self.offset, self.saved = 0, False
 
     def on_train_batch_end(self, batch, logs=None):
@@ -248,7 +334,9 @@ class PreemptionCheck(keras.callbacks.Callback):
         if ray.train.get_preemption_info() is None:
             return
         self.saved = True
-        state = {**self.state, "step_in_epoch": step}
+        before = self.state.get("carried", (0, 0)) if self.offset else (0, 0)
+        images, steps = self.counted()
+        state = {**self.state, "step_in_epoch": step, "carried": (before[0] + images, before[1] + steps)}
         with tempfile.TemporaryDirectory() as d:
             write_checkpoint(self.ckpt, d, state)
             checkpoint = ray.train.Checkpoint.from_directory(d) if self.rank == 0 else None
@@ -294,7 +382,8 @@ def train_loop_per_worker(config: dict, loads=None) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     loads = loads or Loads(cfg, rank, world)
     setup_tensorflow(cfg)
-    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    strategy = make_strategy(cfg)
+    replicas = cfg.replicas_per_worker
 
     # The schedule follows the optimizer's step count, which the checkpoint restores: a resumed
     # run continues on the same curve.
@@ -305,6 +394,7 @@ def train_loop_per_worker(config: dict, loads=None) -> None:
         model.compile(optimizer=make_optimizer(cfg.optimizer, lr, cfg.momentum, cfg.weight_decay, cfg.nesterov),
                       loss=make_loss(cfg.label_smoothing, augment.soft), metrics=["accuracy"], jit_compile=cfg.xla)
         ckpt = tf.train.Checkpoint(model=model, optimizer=model.optimizer)
+    count = ImageCount(strategy, model)
     state = {"model": cfg.model, "num_classes": num_classes, "epochs_done": 0, "history": []}
     resumed = ray.train.get_checkpoint()
     if resumed:
@@ -320,22 +410,23 @@ def train_loop_per_worker(config: dict, loads=None) -> None:
         write_results(cfg, model, state, evaluation, config, time.perf_counter() - started, rank)
 
     if state["epochs_done"] < cfg.epochs:
-        build = loads.train_dataset(cfg.batch_size, seed=cfg.seed * 1000 + rank, augment=augment, steps=steps)
+        build = loads.train_dataset(cfg.batch_size, seed=cfg.seed * 1000 + rank, augment=augment, steps=steps,
+                                    replicas=replicas)
         board = config.get("board")  # `tinyray train`'s console (console.Watch); None in a Tune trial
-        preemption = PreemptionCheck(ckpt, state, rank, min(PREEMPTION_CHECK_STEPS, max(1, steps // 4)), steps)
-        callbacks = [EpochEnd(collective, ckpt, state, cfg.global_batch, loads.seconds, rank,
-                              cfg.epochs, board, lr), preemption]
+        preemption = PreemptionCheck(ckpt, state, rank, min(PREEMPTION_CHECK_STEPS, max(1, steps // 4)), steps,
+                                     counted=lambda: collective.counts(count)[:2])
+        callbacks = [EpochEnd(collective, count, ckpt, state, loads.seconds, rank, cfg.epochs, board, lr), preemption]
         if board is not None and rank == 0:
             callbacks.append(progress_callback(board, cfg.epochs, steps, cfg.global_batch))
         start, done = state["epochs_done"], state.get("step_in_epoch", 0)
         if done:  # saved on a preemption notice: the rest of that epoch first, in the same data order
             preemption.offset = done
-            model.fit(build(start, skip=done), epochs=start + 1, initial_epoch=start, steps_per_epoch=steps - done,
-                      callbacks=callbacks, verbose=0)
+            model.fit(per_replica_input(strategy, build(start, skip=done)), epochs=start + 1, initial_epoch=start,
+                      steps_per_epoch=steps - done, callbacks=callbacks, verbose=0)
             start += 1
         if start < cfg.epochs:
-            model.fit(build(start), epochs=cfg.epochs, initial_epoch=start, steps_per_epoch=steps,
-                      callbacks=callbacks, verbose=0)
+            model.fit(per_replica_input(strategy, build(start)), epochs=cfg.epochs, initial_epoch=start,
+                      steps_per_epoch=steps, callbacks=callbacks, verbose=0)
         finish()
         checkpoint_and_report(ckpt, state, rank)
     else:
@@ -369,7 +460,8 @@ def write_results(cfg: TrainConfig, model, state: dict, evaluation: dict, config
         "epochs": [{k: e[k] for k in EPOCH_KEYS} for e in state["history"]],
         "params": int(plain.count_params()),
         "wall_seconds": wall_seconds,
-        "global_batch": cfg.global_batch,
+        # as the last epoch's train steps counted it (every epoch has its own)
+        "global_batch": state["history"][-1]["global_batch"] if state["history"] else None,
         "train_count": summary["train_count"],
         "val_count": summary["val_count"],
         "provenance": config["provenance"],

@@ -10,8 +10,8 @@ Two ingest modes, chosen by ``IngestConfig.cache`` (``--cache``):
   per-batch overhead of re-running a Ray Data pipeline every epoch, which dominated earlier
   measurements (~0.1x of plain tf.data), is paid once per trial.
 * ``stream``: Ray Data decodes in ``map_batches`` tasks every epoch and each worker reads its
-  shard through ``DataIterator.to_tf`` (``iter_tf_batches`` has an open deadlock, #62352); for
-  datasets larger than worker memory.
+  shard through ``DataIterator.iter_batches`` into tf.data (``iter_tf_batches`` has an open
+  deadlock, #62352), reshuffled per epoch; for datasets larger than worker memory.
 
 Validation is never split by Ray (``equal=True`` splitting may drop rows): every worker reads
 the val Parquet and keeps the rows whose file name hashes to its rank, so the workers together
@@ -96,17 +96,20 @@ def epoch_order(n: int, batch_size: int, seed: int, epoch: int) -> np.ndarray:
     return rng.permutation(n)[: steps * batch_size].reshape(steps, batch_size)
 
 
-def steps_per_epoch(count: int, per_worker_batch: int, workers: int) -> int:
-    """Optimizer steps per epoch when ``count`` train images are split over ``workers``.
+def steps_per_epoch(count: int, batch_size: int, workers: int, replicas_per_worker: int = 1) -> int:
+    """Optimizer steps per epoch when ``count`` train images are split over ``workers``, each
+    step giving every replica ``batch_size`` images (a worker with R replicas takes R batches).
 
     MultiWorkerMirroredStrategy needs every worker to take the same number of steps, and Ray's
-    equal split gives each worker ``count // workers`` rows; the last partial batch is dropped.
+    equal split gives each worker ``count // workers`` rows; what is left of a worker's shard
+    after its last full step (less than one step's images) waits for the next epoch's shuffle.
     """
-    steps = (count // workers) // per_worker_batch
+    per_step = batch_size * replicas_per_worker
+    steps = (count // workers) // per_step
     if steps < 1:
         raise TinyrayError(
-            f"{count} train images over {workers} workers is less than one batch of "
-            f"{per_worker_batch} per worker: lower --batch-size or --workers"
+            f"{count} train images over {workers} workers is less than one step of {per_step} images per worker "
+            f"({replicas_per_worker} replica(s) × batch {batch_size}): lower --batch-size or --workers"
         )
     return steps
 
@@ -139,10 +142,18 @@ def train_datasets(data_uri: str, manifest: dict, opts: StorageOptions, ingest: 
 
 
 def data_config():
-    """Split only train across workers; val stays whole (see the module docstring)."""
+    """Split only train across workers; val stays whole (see the module docstring).
+
+    Train is split in a fixed order (``preserve_order``, which also turns locality off in Ray's
+    OutputSplitter: each block goes to the worker with the fewest rows so far, in read order),
+    so a worker's shard is the same rows on every attempt: a run restarted on another node, or
+    resumed mid-epoch, sees the rest of the very epoch it was in, and one epoch is every image
+    once across workers."""
     from ray.train import DataConfig
 
-    return DataConfig(datasets_to_split=["train"])
+    ordered = DataConfig.default_ingest_options()  # a fresh copy of the driver's options
+    ordered.preserve_order = True
+    return DataConfig(datasets_to_split=["train"], execution_options={"train": ordered}, enable_shard_locality=False)
 
 
 # ------------------------------------------------------------------------ worker side (tf.data)
@@ -251,17 +262,20 @@ class Loads:
     def train(self) -> tuple[np.ndarray, np.ndarray] | None:
         return self._wait(self._train) if self._train is not None else None
 
-    def train_dataset(self, batch_size: int, seed: int, augment: "Augment", steps: int):
+    def train_dataset(self, batch_size: int, seed: int, augment: "Augment", steps: int, replicas: int = 1):
         """``build(first_epoch, skip=0)``: the worker's endless train dataset, in ``--cache`` mode,
         starting ``skip`` batches into ``first_epoch`` (a run resumed where a preemption notice
         saved it): from the decoded arrays (memory), or re-read through Ray Data every epoch
-        (stream; there the val split, loaded first, is what the watchdog guards)."""
+        (stream; there the val split, loaded first, is what the watchdog guards). ``skip`` counts
+        steps; each step is ``replicas`` batches of ``batch_size``."""
         if self._train is not None:
             images, labels = self.train()
-            return lambda first_epoch, skip=0: memory_train_dataset(images, labels, batch_size, seed=seed,
-                                                                    first_epoch=first_epoch, augment=augment, skip=skip)
+            return lambda first_epoch, skip=0: memory_train_dataset(
+                images, labels, batch_size, seed=seed, first_epoch=first_epoch, augment=augment, skip=skip * replicas,
+                replicas=replicas)
         return lambda first_epoch, skip=0: stream_train_dataset(
-            self.train_shard, batch_size, seed=seed, augment=augment, skip=skip, first_batch=first_epoch * steps + skip)
+            self.train_shard, batch_size, seed=seed, augment=augment, skip=skip * replicas,
+            first_batch=(first_epoch * steps + skip) * replicas, replicas=replicas, first_epoch=first_epoch)
 
 
 def data_stalled(cfg, split: str) -> TinyrayError:
@@ -321,8 +335,11 @@ def _options(ds):
 
 
 def memory_train_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int, seed: int,
-                         first_epoch: int = 0, augment: Augment = Augment(), skip: int = 0):
-    """An endless tf.data dataset of shuffled, augmented batches from decoded arrays.
+                         first_epoch: int = 0, augment: Augment = Augment(), skip: int = 0, replicas: int = 1):
+    """An endless tf.data dataset of shuffled, augmented per-replica batches from decoded arrays.
+
+    An epoch is ``len(labels) // (batch_size·replicas)`` steps of ``replicas`` batches each (a
+    worker's replicas take consecutive batches of one step); ``skip`` counts batches.
 
     Python produces only each batch's indices and random draws (one small yield per batch); the batch
     itself is gathered from the arrays, which stay outside the graph (a from_tensor_slices of
@@ -333,13 +350,14 @@ def memory_train_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int
     """
     from tinyray.tfk import tf
 
-    steps = len(labels) // batch_size
+    batches = len(labels) // (batch_size * replicas) * replicas  # per epoch
 
     def gen():
         epoch = first_epoch
         while True:
-            for step, idx in enumerate(epoch_order(len(labels), batch_size, seed, epoch)):
-                yield (idx, *augment.draws(seed, epoch * steps + step, batch_size))
+            order = epoch_order(len(labels), batch_size * replicas, seed, epoch).reshape(batches, batch_size)
+            for b, idx in enumerate(order):
+                yield (idx, *augment.draws(seed, epoch * batches + b, batch_size))
             epoch += 1
 
     def gather(idx):
@@ -358,17 +376,27 @@ def memory_train_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int
 
 
 def stream_train_dataset(iterator, batch_size: int, seed: int, augment: Augment = Augment(), skip: int = 0,
-                         first_batch: int = 0):
-    """Each epoch re-reads the worker's shard through Ray Data (decoded by map_batches tasks).
-    Batches are keyed by their count since ``first_batch`` (the run's batch index at the start)."""
+                         first_batch: int = 0, replicas: int = 1, first_epoch: int = 0):
+    """Each epoch re-reads the worker's shard through Ray Data (decoded by map_batches tasks),
+    shuffled in a local buffer seeded by (seed, epoch): reshuffled every epoch, and the same on
+    every attempt, since the shard arrives in a fixed order (``data_config``). ``skip`` batches
+    of ``first_epoch`` are passed over (a run resumed mid-epoch); batches are keyed by their count
+    since ``first_batch`` (the run's batch index at the start). Ray Data hands over one step's
+    images at a time (``batch_size·replicas``; the rest of the shard, less than a step, is
+    dropped as in memory mode), cut here into the replicas' batches."""
     from tinyray.tfk import tf
 
-    ds = iterator.to_tf(
-        "image", "label", batch_size=batch_size, drop_last=True,
-        local_shuffle_buffer_size=max(4 * batch_size, 1024), local_shuffle_seed=seed,
-        feature_type_spec=tf.TensorSpec((None, IMAGE_SIZE, IMAGE_SIZE, 3), tf.uint8),
-        label_type_spec=tf.TensorSpec((None,), tf.int32),
-    )
+    def gen():
+        epoch = first_epoch
+        while True:
+            for batch in iterator.iter_batches(batch_size=batch_size * replicas, batch_format="numpy", drop_last=True,
+                                               local_shuffle_buffer_size=max(4 * batch_size * replicas, 1024),
+                                               local_shuffle_seed=int(np.random.default_rng([seed, epoch]).integers(2 ** 31))):
+                images, labels = batch["image"], np.asarray(batch["label"], np.int32)
+                for r in range(replicas):
+                    yield images[r * batch_size:(r + 1) * batch_size], labels[r * batch_size:(r + 1) * batch_size]
+            epoch += 1
+
     spec = Augment.draw_spec(batch_size)
 
     def with_draws(xy, b):
@@ -377,7 +405,9 @@ def stream_train_dataset(iterator, batch_size: int, seed: int, augment: Augment 
             t.set_shape(s.shape)
         return (xy[0], xy[1], *out)
 
-    ds = tf.data.Dataset.zip((ds.repeat().skip(skip), tf.data.Dataset.counter(first_batch))).map(with_draws)
+    ds = tf.data.Dataset.from_generator(gen, output_signature=(
+        tf.TensorSpec((batch_size, IMAGE_SIZE, IMAGE_SIZE, 3), tf.uint8), tf.TensorSpec((batch_size,), tf.int32)))
+    ds = tf.data.Dataset.zip((ds.skip(skip), tf.data.Dataset.counter(first_batch))).map(with_draws)
     ds = ds.map(augment.fn(), num_parallel_calls=tf.data.AUTOTUNE)
     return _options(ds.prefetch(tf.data.AUTOTUNE))
 
