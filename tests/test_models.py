@@ -96,3 +96,34 @@ def test_weights_file_of_the_wrong_network_is_a_clear_error(tmp_path):
 def test_weights_on_a_model_without_a_base_is_refused():
     with pytest.raises(TinyrayError, match="no pretrained base"):
         create_model("model1", weights="imagenet")
+
+
+@pytest.mark.slow
+def test_a_pretrained_base_sees_caffe_preprocessed_pixels_and_a_scratch_one_the_seeds(tmp_path):
+    """A real Keras ResNet-50 no-top weights file (as keras.applications saves it; no download
+    here): the model takes RGB ÷ 255 like every other, and the base receives what Keras' own
+    ``resnet.preprocess_input`` makes of the 0–255 image (BGR, ImageNet mean subtracted)."""
+    from tinyray.tfk import keras
+
+    path = tmp_path / "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
+    keras.applications.ResNet50(include_top=False, weights=None, input_shape=(64, 64, 3)).save_weights(str(path))
+    model = create_model("model5", num_classes=4, weights=str(path))
+    assert model.count_params() == REGISTRY["model5"].params_for(4)  # the conversion holds no weights
+    reaches_base = keras.Model(model.input, model.get_layer("caffe_preprocess").output)
+    # one known pixel, RGB (255, 0, 51): B 51 − 103.939, G 0 − 116.779, R 255 − 123.68
+    image = np.zeros((1, 64, 64, 3), np.float32)
+    image[0, 5, 9] = np.array([255, 0, 51]) / 255.0
+    got = reaches_base.predict(image, verbose=0)
+    np.testing.assert_allclose(got[0, 5, 9], [-52.939, -116.779, 131.32], atol=1e-3)
+    np.testing.assert_allclose(got[0, 0, 0], [-103.939, -116.779, -123.68], atol=1e-3)
+    # every pixel as Keras' own preprocessing has it
+    rgb = np.random.default_rng(0).integers(0, 256, (2, 64, 64, 3)).astype(np.float32)
+    expected = keras.applications.resnet.preprocess_input(rgb.copy())
+    np.testing.assert_allclose(reaches_base.predict(rgb / 255.0, verbose=0), expected, atol=1e-3)
+    # the base's weights are the file's, and the model saved and loaded safely keeps it all
+    saved = tmp_path / "m.keras"
+    model.save(str(saved))
+    loaded = keras.models.load_model(str(saved), safe_mode=True)
+    np.testing.assert_allclose(loaded.predict(image, verbose=0), model.predict(image, verbose=0), atol=1e-5)
+    # from scratch: the seed's ÷255 goes to the base as it is, no conversion
+    assert not [l for l in built("model5").layers if l.name.startswith("caffe")]

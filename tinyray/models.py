@@ -113,8 +113,29 @@ def _build_model4(keras, inputs, num_classes, **_):
     return _output(keras, x, num_classes)
 
 
+# keras.applications.resnet.preprocess_input ("caffe"): BGR, 0–255, less ImageNet's mean per channel
+CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+
+
+def caffe_preprocess(keras, x):
+    """RGB in [0, 1] (what tinyray feeds every model) → what Keras' ResNet weights were trained on:
+    ``resnet.preprocess_input(x·255)``. Built-in layers only, and none with weights, so the
+    parameter count stays the seed's and the saved model loads anywhere with ``safe_mode``: the
+    channels are reversed as rows of a (channels, pixels) view, cropped one by one and joined
+    in B, G, R order."""
+    layers = keras.layers
+    h, w, c = x.shape[1:]
+    rows = layers.Permute((2, 1), name="caffe_channels_first")(layers.Reshape((h * w, c), name="caffe_pixels")(x))
+    picked = [layers.Cropping1D((c - 1 - i, i), name=f"caffe_take_{'bgr'[i]}")(rows) for i in range(c)]
+    bgr = layers.Concatenate(axis=1, name="caffe_bgr")(picked)
+    x = layers.Reshape((h, w, c), name="caffe_image")(layers.Permute((2, 1), name="caffe_channels_last")(bgr))
+    return layers.Rescaling(255.0, offset=[-m for m in CAFFE_MEAN_BGR], dtype="float32", name="caffe_preprocess")(x)
+
+
 def _resnet_head_builder(application: str, weights_file: str):
     """model5/model6: a Keras ResNet base (no top) → MaxPool 2 → Flatten → Dense 1024 → Dense N.
+With pretrained ``weights``, the base's input is first converted as its weights expect
+(``caffe_preprocess``).
 
     The seed's slide names only the pool and the output Dense, but its parameter counts are met
     only with a Dense 1024 between them (both differ from the bare base by 2048·1024+1024 +
@@ -140,7 +161,9 @@ def _resnet_head_builder(application: str, weights_file: str):
         # The base stays one nested layer (named resnet50 / resnet101), so its weights can be
         # saved on their own and given back as ``weights=`` to another model of the same kind.
         base.trainable = not freeze_base
-        x = base(inputs, training=False if freeze_base else None)
+        # Pretrained weights see what they were trained on; from scratch, the seed's ÷255 as it is.
+        x = caffe_preprocess(keras, inputs) if resolved else inputs
+        x = base(x, training=False if freeze_base else None)
         x = keras.layers.MaxPooling2D(2)(x)
         x = keras.layers.Flatten()(x)
         x = keras.layers.Dense(1024, activation="relu")(x)
