@@ -110,6 +110,32 @@ def test_seed_table_puts_the_seeds_numbers_beside_ours():
     assert by_model["model5"]["best variant"] == "no finished epoch"
 
 
+def test_a_models_best_variant_is_one_that_trained_every_epoch():
+    """ASHA stopped variant d after one epoch at 0.6: above c's 0.5, but no match for 3 epochs.
+    model4 has no variant that finished: its best unfinished one stands, marked so."""
+    trials = make_trials() + [trial("f", "model2", "nadam", 1e-3, epochs(0.6), status="stopped early"),
+                              trial("g", "model4", "adam", 1e-3, epochs(0.3), status="stopped early")]
+    best = best_per_model(trials)
+    assert (best["model2"].trial, best["model4"].trial) == ("c", "g")
+    header, rows = seed_table(trials, 200)
+    by_model = {r[0]: dict(zip(header, r)) for r in rows}
+    assert by_model["model2"]["val top-1"] == "50.00 %"
+    assert by_model["model4"]["best variant"] == ("optimizer=adam lr=0.001; stopped early after 1 of 3 epochs: "
+                                                  "no variant ran them all")
+
+
+def test_a_base_trained_from_scratch_is_labelled_beside_the_seeds_pretrained_number():
+    scratch = trial("s", "model5", "adam", 1e-4, epochs(0.2, 0.3, 0.25))
+    axes = {"model": "model6", "optimizer": "adam", "lr": 1e-4}
+    config = TrainConfig.from_dict({**BASE, **axes, "weights": "s3://b/w/resnet101_notop.h5"}).to_dict()
+    pretrained = Trial("p", axes, config, epochs(0.4, 0.5, 0.55))
+    header, rows = seed_table([scratch, pretrained], 200)
+    by_model = {r[0]: dict(zip(header, r)) for r in rows}
+    assert by_model["model5"]["best variant"] == "optimizer=adam lr=0.0001; from scratch"
+    assert by_model["model6"]["best variant"] == "optimizer=adam lr=0.0001; pretrained (resnet101_notop.h5)"
+    assert by_model["model5"]["seed val acc"] == "55.13 %"
+
+
 def test_lr_grid_marks_stopped_trials():
     opts, lrs, cells = lr_grid(make_trials(), "model2")
     assert opts == ["adam", "sgd"] and lrs == [1e-4, 1e-3]
@@ -129,7 +155,7 @@ def test_build_report_writes_every_file_self_contained():
     md = files["report.md"].decode()
     assert "**model2** (optimizer=adam lr=0.0001)" in md  # the best model overall
     assert "`train-runs/model2-adam-lr0.0001-b16x1-e3-s0`" in md  # where its model.keras is
-    assert "3 epochs, batch 16 per worker × 1 worker(s)" in md
+    assert "3 epochs, batch 16 per replica × 1 worker(s)" in md
     # the Reproduce line runs as written: the effective sweep file beside the report, and --data
     assert ("`ray job submit --working-dir . -- python jobs/train_all.py --config s3://b/exp/t/sweep.yaml "
             "--data s3://b/d --name t-rerun`") in md
@@ -164,7 +190,7 @@ def test_every_grid_axis_is_a_report_column():
     assert [(r["batch_size"], r["augment"]) for r in rows] == [("8", "none"), ("32", "flip")]
     md = files["report.md"].decode()
     assert "| model | optimizer | lr | batch_size | augment | status |" in md
-    assert "batch varies per worker" in md
+    assert "batch varies per replica" in md
     assert "embedded default" in md and "`python jobs/train_all.py --config /exp/v/sweep.yaml --name v-rerun`" in md
 
 

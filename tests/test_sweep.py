@@ -305,6 +305,36 @@ def results(exp_uri):
     return load_experiment(exp_uri)[1]
 
 
+@pytest.mark.parametrize("per_model,actions", [
+    # per model: model2's best variant is ranked against model2's only, and goes on
+    (True, ["CONTINUE", "STOP", "CONTINUE", "STOP"]),
+    # one ASHA over both (opt-in): model2's 22 % variants are cut by model5's 90 % at the first rung
+    (False, ["CONTINUE", "STOP", "STOP", "STOP"]),
+])
+def test_asha_ranks_a_trial_only_against_its_own_models_variants(per_model, actions):
+    from ray.tune.experiment import Trial
+
+    from tinyray.sweep import make_scheduler
+
+    scheduler = make_scheduler(SchedulerConfig("asha", grace_period=1, reduction_factor=2, per_model=per_model), 4)
+    assert scheduler.set_search_properties("val_accuracy", "max")
+    trials = [Trial("probe", config={"model": m, "lr": lr}, stub=True)
+              for m, lr in (("model5", 1e-3), ("model5", 1e-4), ("model2", 1e-3), ("model2", 1e-4))]
+    for t in trials:
+        scheduler.on_trial_add(None, t)
+    got = [scheduler.on_trial_result(None, t, {"training_iteration": 1, "val_accuracy": acc})
+           for t, acc in zip(trials, (0.90, 0.80, 0.22, 0.10))]
+    assert got == actions
+
+
+def test_asha_is_per_model_unless_the_sweep_says_otherwise():
+    assert parse_sweep("train: {model: tinycnn, epochs: 3}\nscheduler: asha\n").scheduler.per_model is True
+    off = parse_sweep("train: {model: tinycnn, epochs: 3}\nscheduler: {type: asha, per_model: false}\n")
+    assert off.scheduler == SchedulerConfig("asha", 2, 3, per_model=False)
+    with pytest.raises(TinyrayError, match="scheduler per_model must be true or false, got 'maybe'"):
+        parse_sweep("train: {model: tinycnn}\nscheduler: {type: asha, per_model: maybe}\n")
+
+
 @pytest.mark.ray
 @pytest.mark.slow
 def test_asha_stops_weak_trials_early(ray_cluster, staged, s3, tmp_path):
@@ -437,7 +467,7 @@ def test_the_embedded_default_runs_from_a_plain_install_as_a_ray_job(head_cluste
     assert [r.split("|")[1].strip() for r in rows] == ["model1", "model2"]
     assert "no finished epoch" not in table
     assert "embedded default" in md and f"`python jobs/train_all.py --config {tmp_path}/smoke-test/sweep.yaml --name smoke-test-rerun`" in md
-    assert "2 completed" in md and "1 epochs, batch 32 per worker" in md
+    assert "2 completed" in md and "1 epochs, batch 32 per replica" in md
     assert os.path.exists(tmp_path / "smoke-test" / "report.html")
 
 

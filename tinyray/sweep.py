@@ -12,7 +12,8 @@ A sweep file (sweeps/*.yaml) has four parts::
       model: [model1, model2]
       optimizer: [adam, sgd]
       lr: [1.0e-3, 1.0e-4]
-    scheduler: {type: asha, grace_period: 2, reduction_factor: 3}   # or fifo
+    scheduler: {type: asha, grace_period: 2, reduction_factor: 3}   # or fifo; ASHA ranks a trial
+                                                                    # within its model (per_model: false: all)
 
 ``grid:`` may instead list its trials (``[{model: resnet18, lr: 0.1}, {model: model5}]``), and a
 search draws its trials instead of combining axes::
@@ -58,10 +59,16 @@ class SchedulerConfig:
     type: str = "fifo"  # fifo: every trial runs every epoch | asha: stops weak trials on val_accuracy
     grace_period: int = 2  # asha: epochs every trial gets before it can be stopped
     reduction_factor: int = 3  # asha: keep the top 1/reduction_factor at each rung
+    # asha: a trial is ranked only against trials of its own model (one ASHA per model), so a weak
+    # architecture's variants are compared with each other, not cut by a strong one's; false: one
+    # ASHA over every trial
+    per_model: bool = True
 
     def __post_init__(self):
         if self.type not in SCHEDULERS:
             raise TinyrayError(f"scheduler type must be one of {', '.join(SCHEDULERS)}, got {self.type!r}")
+        if not isinstance(self.per_model, bool):
+            raise TinyrayError(f"scheduler per_model must be true or false, got {self.per_model!r}")
         for name, least in (("grace_period", 1), ("reduction_factor", 2)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < least:
@@ -412,12 +419,81 @@ def _trial_reports_class():
     return TrialReports
 
 
+def _per_model_asha_class():
+    import pickle
+
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    class PerModelASHA(FIFOScheduler):
+        """ASHA kept apart per value of one trial parameter (``key``, the model): a trial's rung
+        is cut against the trials of its own model only. One ASHA over a grid of six models ranks
+        model1's variants (the seed's 22 % val) against the ResNets' and stops them all after two
+        epochs; the report's best variant per model would then come from truncated runs."""
+
+        def __init__(self, key: str = "model", **asha):
+            super().__init__()
+            self._key, self._asha, self._groups = key, asha, {}
+            self._metric = self._mode = None
+
+        def set_search_properties(self, metric, mode, **spec) -> bool:
+            self._metric, self._mode = metric or self._metric, mode or self._mode
+            return all(g.set_search_properties(metric, mode, **spec) for g in self._groups.values())
+
+        def group(self, trial):
+            """The ASHA of ``trial``'s model (made at its first trial)."""
+            value = json.dumps(trial.config.get(self._key), sort_keys=True, default=str)
+            if value not in self._groups:
+                self._groups[value] = ASHAScheduler(metric=self._metric, mode=self._mode, **self._asha)
+            return self._groups[value]
+
+        def on_trial_add(self, tune_controller, trial):
+            self.group(trial).on_trial_add(tune_controller, trial)
+
+        def on_trial_result(self, tune_controller, trial, result):
+            return self.group(trial).on_trial_result(tune_controller, trial, result)
+
+        def on_trial_complete(self, tune_controller, trial, result):
+            self.group(trial).on_trial_complete(tune_controller, trial, result)
+
+        def on_trial_remove(self, tune_controller, trial):
+            self.group(trial).on_trial_remove(tune_controller, trial)
+
+        def debug_string(self) -> str:
+            return f"ASHA per {self._key}: " + "; ".join(
+                f"{k} {g.debug_string().splitlines()[0]}" for k, g in self._groups.items())
+
+        def save(self, checkpoint_path: str):
+            with open(checkpoint_path, "wb") as f:
+                pickle.dump(self.__dict__, f)
+
+        def restore(self, checkpoint_path: str):
+            with open(checkpoint_path, "rb") as f:
+                self.__dict__.update(pickle.load(f))
+
+    PerModelASHA.__module__, PerModelASHA.__qualname__ = __name__, "PerModelASHA"
+    return PerModelASHA
+
+
+def make_scheduler(sched: SchedulerConfig, max_t: int):
+    """Tune's scheduler for the sweep's ``scheduler:``."""
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    if sched.type == "fifo":
+        return FIFOScheduler()
+    asha = {"time_attr": "training_iteration", "max_t": max_t, "grace_period": sched.grace_period,
+            "reduction_factor": sched.reduction_factor}
+    return __getattr__("PerModelASHA")(key="model", **asha) if sched.per_model else ASHAScheduler(**asha)
+
+
+_LAZY = {"TrialReports": _trial_reports_class, "PerModelASHA": _per_model_asha_class}
+
+
 def __getattr__(name: str):
-    """``TrialReports`` is built on first use (in a trial), so that importing this module (the
-    report does) never imports Ray Tune; as a module attribute it pickles, as Ray Train's
-    controller needs."""
-    if name == "TrialReports":
-        globals()[name] = _trial_reports_class()
+    """``TrialReports`` and ``PerModelASHA`` are built on first use (in a trial, or by the sweep),
+    so that importing this module (the report does) never imports Ray Tune; as module attributes
+    they pickle, as Ray Train's controller and Tune's experiment state need."""
+    if name in _LAZY:
+        globals()[name] = _LAZY[name]()
         return globals()[name]
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
@@ -428,7 +504,6 @@ def run_sweep(cfg: SweepConfig, data: str, opts: StorageOptions | None = None, r
     ``source`` says how the job was started (sweep file, embedded default), for the report."""
     import ray
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     from tinyray.cluster import (auto_concurrency, check_fits, cluster_capacity, cluster_nodes,
                                  keep_credentials_out_of_tune, trial_resources)
@@ -445,15 +520,13 @@ def run_sweep(cfg: SweepConfig, data: str, opts: StorageOptions | None = None, r
     nodes, max_nodes = cluster_capacity(live, cluster_config)
     for trial in trials:  # every shape fits and has a batch, or one clear line before Tune starts
         check_fits(trial, nodes, max_nodes)
-        steps_per_epoch(manifest["train"]["count"], trial.batch_size, trial.workers)
+        steps_per_epoch(manifest["train"]["count"], trial.batch_size, trial.workers, trial.replicas_per_worker)
 
     concurrency = (auto_concurrency(trials, nodes, max_nodes) if cfg.max_concurrent_trials == "auto"
                    else cfg.max_concurrent_trials)
     fs, exp_path = storage.filesystem(cfg.storage, opts, ship=True)
     sched = cfg.scheduler
-    scheduler = (ASHAScheduler(time_attr="training_iteration", max_t=max(t.epochs for t in trials),
-                               grace_period=sched.grace_period, reduction_factor=sched.reduction_factor)
-                 if sched.type == "asha" else FIFOScheduler())
+    scheduler = make_scheduler(sched, max(t.epochs for t in trials))
     base = {**cfg.train, "data": data, "storage": train_runs}
     trainable = tune.with_resources(tune.with_parameters(run_trial, base=base),
                                     trial_resources(ray.cluster_resources()))
