@@ -144,6 +144,77 @@ def test_a_folder_that_is_not_an_export_is_one_line(tmp_path):
         "with 'tinyray export EXPERIMENT --to DIR'"]
 
 
+def lambda_model(marker):
+    """A uint8-input model whose Lambda layer writes ``marker`` when its code runs."""
+    from tinyray.tfk import keras
+
+    def plant(x, path=str(marker)):
+        open(path, "w").write("code from a model file ran")
+        return x
+
+    inputs = keras.Input((64, 64, 3), dtype="uint8")
+    x = keras.layers.Lambda(plant)(keras.layers.Rescaling(1 / 255)(inputs))
+    return keras.Model(inputs, keras.layers.Dense(4, activation="softmax")(keras.layers.GlobalAveragePooling2D()(x)))
+
+
+@pytest.mark.parametrize("kind", ["hdf5", "zip"])
+def test_a_model_file_that_holds_code_is_refused_and_its_code_never_runs(tmp_path, sample_release, kind):
+    """An export rewritten in the bucket: its model.keras holds a Lambda, as HDF5 (which tf-keras
+    loads with its legacy loader, outside safe mode) or as a zip .keras. predict and export alike
+    refuse it in one line, and the marker its code would write stays absent."""
+    exp = write_experiment(tmp_path)
+    export = export_model(str(exp), str(tmp_path / "export"))
+    marker = tmp_path / "marker"
+    model = lambda_model(marker)
+    marker.unlink(missing_ok=True)  # building the model ran the Lambda once
+    crafted = tmp_path / ("crafted.h5" if kind == "hdf5" else "crafted.keras")
+    model.save(str(crafted))
+    assert not marker.exists()
+    target = os.path.join(export, "model.keras")
+    os.replace(crafted, target)
+    image = sorted(glob.glob(os.path.join(sample_release, "val", "images", "*.JPEG")))[0]
+    out = subprocess.run(["tinyray", "predict", export, image], capture_output=True, text=True, timeout=120)
+    why = ("is not a zip .keras model file" if kind == "hdf5"
+           else "holds what tinyray does not load from a file: module test_export, layer Lambda")
+    ours = [line for line in out.stderr.splitlines() if line.startswith("tinyray")]  # TF's own start-up notes aside
+    assert out.returncode == 1 and ours == [f"tinyray: error: {target} {why}" + (
+        " (tinyray writes only those; another format, such as HDF5, would be loaded by a path that runs code the "
+        "file holds)" if kind == "hdf5" else " (only Keras' built-in layers, and no Lambda: a model file is data, "
+        "never code)")] and out.stderr.strip().splitlines()[-1] == ours[0], out.stderr
+    assert not marker.exists()
+    # the same file as every trained run's model: export refuses it too
+    for path in glob.glob(str(exp / "train-runs" / "*" / "model" / "model.keras")):
+        model.save(str(crafted))
+        os.replace(crafted, path)
+    assert not marker.exists()
+    with pytest.raises(TinyrayError, match=why):
+        export_model(str(exp), str(tmp_path / "export2"))
+    assert not marker.exists()
+
+
+def test_a_model_file_naming_a_foreign_module_is_refused(tmp_path):
+    """Keras imports the module a .keras config names for each object: only its own may appear."""
+    import zipfile
+
+    from tinyray.models import create_model, load_model_file
+
+    path = tmp_path / "m.keras"
+    create_model("tinycnn", num_classes=4).save(str(path))
+    with zipfile.ZipFile(path) as z:
+        files = {n: z.read(n) for n in z.namelist()}
+    config = json.loads(files["config.json"])
+    config["config"]["layers"][1]["module"] = "antigravity"
+    files["config.json"] = json.dumps(config).encode()
+    crafted = tmp_path / "crafted.keras"
+    with zipfile.ZipFile(crafted, "w") as z:
+        for n, data in files.items():
+            z.writestr(n, data)
+    with pytest.raises(TinyrayError, match=r"crafted.keras holds what tinyray does not load from a file: module "
+                                           r"antigravity \(only Keras"):
+        load_model_file(crafted.read_bytes(), str(crafted))
+    assert load_model_file(path.read_bytes(), str(path)).count_params() == 36_584 - 196 * 65  # the real one loads
+
+
 @pytest.mark.ray
 @pytest.mark.slow
 def test_batch_inference_over_an_s3_prefix_predicts_every_image_and_lists_the_unreadable(ray_cluster, s3, tmp_path):

@@ -22,7 +22,7 @@ from tinyray.data import storage
 from tinyray.data.storage import StorageOptions
 from tinyray.errors import TinyrayError
 from tinyray.evaluate import EVAL_FILE, summary
-from tinyray.models import INPUT_SHAPE
+from tinyray.models import INPUT_SHAPE, load_model_file
 from tinyray.render import Bullets, Code, Section, Table, code, para, to_markdown
 
 EXPORT_MARKER = "export.json"
@@ -115,18 +115,14 @@ def export_model(experiment: str, dest: str, trial_name: str | None = None,
                  opts: StorageOptions | None = None) -> str:
     """Write the chosen trial of ``experiment`` as a self-contained folder at ``dest``; return it."""
     from tinyray.report import load_experiment
-    from tinyray.tfk import keras
 
     opts = opts or StorageOptions.from_env()
     _, trials = load_experiment(experiment, opts)
     trial = choose_trial(trials, trial_name)
     run_dir = storage.join(experiment, "train-runs", TrainConfig.from_dict(trial.config).run_name)
     result = json.loads(storage.read_bytes(storage.join(run_dir, RESULT_FILE), opts))
-    with tempfile.TemporaryDirectory() as tmp:
-        trained = os.path.join(tmp, "trained.keras")
-        with open(trained, "wb") as f:
-            f.write(storage.read_bytes(storage.join(run_dir, "model", "model.keras"), opts))
-        model = keras.models.load_model(trained)
+    trained = storage.join(run_dir, "model", "model.keras")
+    model = load_model_file(storage.read_bytes(trained, opts), trained)
     classes = [{"label": i, "wnid": c["wnid"], "name": c["name"]} for i, c in enumerate(trial.evaluation["per_class"])]
     return write_export(dest, with_uint8_input(model), classes, trial.evaluation,
                         model_card(trial, result, trial.evaluation, experiment),

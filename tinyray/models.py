@@ -302,6 +302,73 @@ def resolve_weights(weights: str | None, application: str, weights_file: str) ->
     return weights
 
 
+# ----------------------------------------------------------------------- model files from outside
+
+
+def _layer_classes(node: dict):
+    """Every layer's class name in a .keras config, nested models included."""
+    yield node.get("class_name")
+    for layer in (node.get("config") or {}).get("layers") or []:
+        yield from _layer_classes(layer)
+
+
+def _modules(node):
+    """Every ``module`` a .keras config names: Keras imports each one to find a class."""
+    if isinstance(node, dict):
+        if isinstance(node.get("module"), str):
+            yield node["module"]
+        for v in node.values():
+            yield from _modules(v)
+    elif isinstance(node, list):
+        for v in node:
+            yield from _modules(v)
+
+
+def loadable_layers(keras) -> set[str]:
+    """The layer classes a model file may hold: Keras' own public layers and models, less the
+    ones that carry code (Lambda; TFOpLambda is not public)."""
+    names = {n for n, c in vars(keras.layers).items() if isinstance(c, type) and issubclass(c, keras.layers.Layer)}
+    return (names - {"Lambda"}) | {"Functional", "Sequential", "Model"}
+
+
+def load_model_file(data: bytes, source: str):
+    """A model file from outside (an export, a run folder: anything in a bucket can be rewritten)
+    loaded as data, or refused in one line that names it and why. Only the zip ``.keras`` format,
+    the one tinyray writes, honours ``safe_mode``: tf-keras loads any other file (HDF5) with its
+    legacy loader, where a Lambda layer's code runs on load. Its config is read first: every
+    module it names must be Keras' own (Keras imports each), and every layer a built-in one."""
+    import io
+    import json
+    import tempfile
+    import zipfile
+
+    from tinyray.tfk import keras
+
+    if not zipfile.is_zipfile(io.BytesIO(data)):
+        raise TinyrayError(f"{source} is not a zip .keras model file (tinyray writes only those; another format, "
+                           "such as HDF5, would be loaded by a path that runs code the file holds)")
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as z:
+            config = json.loads(z.read("config.json"))
+    except (KeyError, zipfile.BadZipFile, ValueError, OSError) as e:
+        raise TinyrayError(f"{source} is not a readable .keras model file ({_first_line(e)})") from None
+    foreign = sorted({m for m in _modules(config)
+                      if m not in ("keras", "tf_keras") and not m.startswith(("keras.", "tf_keras."))})
+    unknown = sorted({c for c in _layer_classes(config) if c not in loadable_layers(keras)} - {None})
+    if foreign or unknown or not isinstance(config, dict):
+        what = ", ".join([f"module {m}" for m in foreign] + [f"layer {c}" for c in unknown]) or "no model config"
+        raise TinyrayError(f"{source} holds what tinyray does not load from a file: {what} (only Keras' built-in "
+                           "layers, and no Lambda: a model file is data, never code)")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "model.keras")
+        with open(path, "wb") as f:
+            f.write(data)
+        try:
+            return keras.models.load_model(path, safe_mode=True, compile=False)
+        except Exception as e:  # noqa: BLE001 - a broken file is one line that names it
+            raise TinyrayError(f"{source} could not be loaded as a model ({_first_line(e)[:200]})") from None
+
+
 def _first_line(e: BaseException) -> str:
     text = str(e).strip().splitlines()
     return text[0] if text else type(e).__name__

@@ -44,14 +44,12 @@ class Export:
         self.classes = json.loads(storage.read_bytes(storage.join(uri, "classes.json"), opts))["classes"]
 
 
-def load_model(model_bytes: bytes):
-    from tinyray.tfk import keras
+def load_model(model_bytes: bytes, source: str = "model.keras"):
+    """An export's model, loaded as data (models.load_model_file): here and in every batch
+    inference actor alike."""
+    from tinyray.models import load_model_file
 
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "model.keras")
-        with open(path, "wb") as f:
-            f.write(model_bytes)
-        return keras.models.load_model(path)
+    return load_model_file(model_bytes, source)
 
 
 # ------------------------------------------------------------------------------ pure helpers
@@ -87,7 +85,7 @@ def prediction_rows(files: list[str], images: list, errors: list, probs: np.ndar
 def predict_files(export: Export, files: list[str], k: int = 5, batch_size: int = 256) -> tuple[list, list]:
     """(predictions as ``{"file", "top": [{"wnid", "name", "prob"}]}``, skipped as ``{"file",
     "reason"}``) for local image files."""
-    model = load_model(export.model_bytes)
+    model = load_model(export.model_bytes, storage.join(export.uri, "model.keras"))
     done, skipped = [], []
     for start in range(0, len(files), batch_size):
         names, images = [], []
