@@ -164,6 +164,10 @@ def test_a_preempted_node_and_a_lost_node_cost_no_finished_work(multi_node, stag
     assert [e["epoch"] for e in epochs] == list(range(1, 11))  # none lost, none repeated
     steps = epochs[0]["optimizer_step"]
     assert [e["optimizer_step"] for e in epochs] == [steps * k for k in range(1, 11)]
+    # every epoch trained on every image, as its train steps counted: the epoch cut by the notice
+    # too (the part before the checkpoint is carried in it), and each at one worker's batch
+    train = manifest["train"]["count"]
+    assert [(e["train_images"], e["global_batch"]) for e in epochs] == [(train, 8)] * 10, epochs
     preempted_at = saved["step_in_epoch"]
     resumed = [(e["resumed_from_epoch"], e["resumed_at_step"]) for e in epochs]
     # after the first attempt: one at the step the notice saved, then one from an epoch's end
