@@ -1,13 +1,15 @@
 """Training throughput: plain single-process tf_keras ``fit`` vs tinyray's Ray Train path.
 
 Same model (``--model``, default the seed's model2), same decoded images held in memory, same
-per-worker batch, same tf.data input function (``memory_train_dataset``), this machine's CPUs:
+per-replica batch, same tf.data input function (``memory_train_dataset``), this machine's CPUs:
 
   plain            one process, ``model.fit`` (TensorFlow uses every core)
   ray_1x2          tinyray: 1 Ray Train worker × 2 CPUs (MultiWorkerMirroredStrategy)
   ray_2x1          tinyray: 2 Ray Train workers × 1 CPU each (gradients all-reduced every step)
 
 Rates are images/s of training steps, the median over epochs 2..N (epoch 1 traces the graph);
+the Ray paths' rates are what each epoch of result.json reports, counted from the images the
+replicas' train steps received (2 × 1 CPU trains 2 × batch images a step);
 data loading and validation are excluded from every rate. This machine is noisy (one path's
 rate moved 23 % between two runs), so the three paths alternate, ``--reps`` times, and each
 ratio is the median of the per-repetition ratios, with its min and max. Prints one JSON object.
@@ -115,7 +117,7 @@ def main(argv=None):
         return {"median": round(statistics.median(ratios), 3), "min": round(ratios[0], 3), "max": round(ratios[-1], 3)}
 
     print(json.dumps({
-        "model": args.model, "images": len(labels), "per_worker_batch": args.batch_size,
+        "model": args.model, "images": len(labels), "per_replica_batch": args.batch_size,
         "epochs": args.epochs, "cpus": os.cpu_count(), "reps": args.reps,
         "images_per_second": {k: [round(r[k], 1) for r in steady_rates] for k in ("plain_fit", "ray_1x2", "ray_2x1")},
         "ratio_ray_1x2_over_plain": ratio("ray_1x2", "plain_fit"),
