@@ -190,6 +190,20 @@ def test_make_optimizer(name, cls):
         assert abs(float(opt.momentum) - 0.8) < 1e-9
 
 
+@pytest.mark.parametrize("kw,gpus_visible,implementation", [
+    ({"workers": 2, "gpus_per_worker": 1}, 1, "NCCL"),
+    ({"workers": 4, "gpus_per_worker": 2}, 2, "NCCL"),
+    ({"workers": 1, "gpus_per_worker": 4}, 4, "RING"),  # one worker: nothing crosses workers
+    ({"workers": 2}, 0, "RING"),  # CPUs
+    ({"workers": 2, "gpus_per_worker": 0.5}, 1, "RING"),  # two workers may share one GPU: NCCL refuses that
+    ({"workers": 2, "gpus_per_worker": 1}, 0, "RING"),  # Ray's fake GPUs (TINYRAY_ALLOW_MISSING_GPU)
+])
+def test_gpu_workers_all_reduce_with_nccl(kw, gpus_visible, implementation):
+    from tinyray.worker import all_reduce
+
+    assert all_reduce(cfg(**kw), gpus_visible) == implementation
+
+
 def test_epoch_metrics_arithmetic():
     logs = {"loss": 1.5, "accuracy": 0.25}
     # 2 workers: 40 val images, 10 right, 30 in the top 5; identical weight digests 7 and 7

@@ -136,19 +136,24 @@ def setup_tensorflow(cfg: TrainConfig) -> None:
     keras.utils.set_random_seed(cfg.seed)
 
 
+def all_reduce(cfg: TrainConfig, gpus_visible: int) -> str:
+    """How MultiWorkerMirroredStrategy all-reduces the gradients: NCCL between workers that each
+    hold whole GPUs (its AUTO means RING — host memory and gRPC — unless NCCL is asked for), RING
+    otherwise: on CPUs, for workers sharing a GPU, where NCCL refuses two ranks on one device, and
+    where no GPU is visible after all (Ray's fake GPUs, TINYRAY_ALLOW_MISSING_GPU)."""
+    return "NCCL" if cfg.workers > 1 and cfg.gpus_per_worker >= 1 and gpus_visible else "RING"
+
+
 def make_strategy(cfg: TrainConfig):
-    """MultiWorkerMirroredStrategy, all-reducing with NCCL between workers that each hold whole
-    GPUs (AUTO means RING, host memory and gRPC, unless NCCL is asked for), RING otherwise: on
-    CPUs, and for workers that share a GPU, where NCCL refuses two ranks on one device."""
-    comm = tf.distribute.experimental.CommunicationImplementation
-    nccl = cfg.workers > 1 and cfg.gpus_per_worker >= 1
-    options = tf.distribute.experimental.CommunicationOptions(implementation=comm.NCCL if nccl else comm.RING)
+    """MultiWorkerMirroredStrategy with ``all_reduce``, checked to run one replica per GPU."""
+    gpus = len(tf.config.list_physical_devices("GPU"))
+    implementation = getattr(tf.distribute.experimental.CommunicationImplementation, all_reduce(cfg, gpus))
+    options = tf.distribute.experimental.CommunicationOptions(implementation=implementation)
     strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
     replicas = strategy.num_replicas_in_sync // cfg.workers
     if replicas != cfg.replicas_per_worker:
         raise TinyrayError(f"this worker runs {replicas} replica(s), but gpus_per_worker {cfg.gpus_per_worker:g} "
-                           f"means {cfg.replicas_per_worker}: TensorFlow sees {len(tf.config.list_physical_devices('GPU'))} "
-                           "GPU(s) here")
+                           f"means {cfg.replicas_per_worker}: TensorFlow sees {gpus} GPU(s) here")
     return strategy
 
 
