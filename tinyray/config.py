@@ -34,6 +34,17 @@ STATE_FILE = "state.json"  # in each checkpoint: the history so far
 PREEMPTED = "preempted_at_step"
 
 
+# Run and experiment folder names: one path segment, never "." or "..", nothing a shell or a
+# URI treats specially.
+NAME_RULE = re.compile(r"(?!\.+$)[A-Za-z0-9._=-]+")
+
+
+def check_name(value, what: str) -> None:
+    """Refuse, in one line, a folder name that is not one plain path segment."""
+    if not (isinstance(value, str) and NAME_RULE.fullmatch(value)):
+        raise TinyrayError(f"{what} {value!r} may hold only letters, digits and . _ = - (and not only dots)")
+
+
 def _field(default=dataclasses.MISSING, help: str = "", choices=None, identity: bool = True):
     """A TrainConfig field. ``identity=False`` marks where/how a run happens (resources, storage,
     retries), not what it trains: such fields never change the run's folder name, so the same
@@ -124,12 +135,12 @@ class TrainConfig:
             (self.warmup_epochs < self.epochs or not self.warmup_epochs,
              f"warmup_epochs ({self.warmup_epochs}) must be fewer than epochs ({self.epochs})"),
             (self.data_timeout > 0, f"data_timeout must be > 0 seconds, got {self.data_timeout}"),
-            (self.name is None or re.fullmatch(r"[A-Za-z0-9._=-]+", self.name),
-             f"name {self.name!r} may hold only letters, digits and . _ = -"),
         ]
         for ok, message in checks:
             if not ok:
                 raise TinyrayError(message)
+        if self.name is not None:
+            check_name(self.name, "name")
 
     @property
     def replicas_per_worker(self) -> int:

@@ -10,6 +10,9 @@ def _figure(width: float, height: float):
     import matplotlib
 
     matplotlib.use("Agg")
+    # Labels are class names and trial axes from outside: a "$" must print, never start mathtext
+    # (a wnid like "n$0$" made the plots raise).
+    matplotlib.rcParams["text.parse_math"] = False
     import matplotlib.pyplot as plt
 
     return plt, *plt.subplots(figsize=(width, height), dpi=110)

@@ -14,7 +14,6 @@ import io
 import json
 import os
 import sys
-import tempfile
 
 import numpy as np
 
@@ -189,11 +188,17 @@ def write_table(table, out: str, opts: StorageOptions) -> None:
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
 
+    import pyarrow as pa
+
+    from tinyray.render import csv_cell
+
     buf = io.BytesIO()
     if out.endswith(".parquet"):
         pq.write_table(table, buf)
-    else:
-        pacsv.write_csv(table, buf)
+    else:  # file names and class names come from outside: no cell a spreadsheet would run
+        columns = [pa.array([csv_cell(v) for v in col.to_pylist()], col.type) if pa.types.is_string(col.type) else col
+                   for col in table.columns]
+        pacsv.write_csv(pa.table(columns, names=table.column_names), buf)
     storage.write_bytes(out if storage.is_s3(out) else storage.local_path(out), buf.getvalue(), opts)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import html
+import re
 from dataclasses import dataclass, field
 
 
@@ -61,6 +62,15 @@ class Section:
     level: int = 2
 
 
+def csv_cell(value):
+    """A value for a CSV cell that a spreadsheet will not run: text starting with = + - @ (or a
+    tab or carriage return) gets a leading apostrophe, OWASP's advice for CSV injection. Numbers
+    stay numbers."""
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value
+
+
 def para(*parts) -> Para:
     return Para(list(parts))
 
@@ -68,10 +78,20 @@ def para(*parts) -> Para:
 # ---------------------------------------------------------------------------------- markdown
 
 
+def _md_text(text) -> str:
+    """Text as markdown shows it, never as HTML a viewer would render (class names, errors and
+    paths come from outside)."""
+    return html.escape(str(text), quote=False)
+
+
 def _md_inline(part) -> str:
     if isinstance(part, Span):
-        return f"`{part.text}`" if part.kind == "code" else f"**{part.text}**"
-    return str(part)
+        if part.kind == "code":  # a fence longer than any backtick run inside: nothing breaks out
+            fence = "`" * (max((len(r) for r in re.findall("`+", part.text)), default=0) + 1)
+            pad = " " if part.text.startswith("`") or part.text.endswith("`") else ""
+            return f"{fence}{pad}{part.text}{pad}{fence}"
+        return f"**{_md_text(part.text)}**"
+    return _md_text(part)
 
 
 def _md_parts(parts) -> str:
@@ -89,7 +109,7 @@ def _md_block(block) -> str:
         lines = ["| " + " | ".join(_md_cell(h) for h in block.header) + " |", "|" + "---|" * len(block.header)]
         return "\n".join(lines + ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in block.rows])
     if isinstance(block, Image):
-        return f"![{block.alt}]({block.file})"
+        return f"![{_md_text(block.alt)}]({block.file})"
     if isinstance(block, Code):
         return f"```{block.lang}\n{block.text.rstrip()}\n```"
     if isinstance(block, Bullets):
@@ -98,9 +118,9 @@ def _md_block(block) -> str:
 
 
 def to_markdown(title: str, intro: list, sections: list[Section]) -> str:
-    out = [f"# {title}"] + [_md_block(b) for b in intro]
+    out = [f"# {_md_text(title)}"] + [_md_block(b) for b in intro]
     for s in sections:
-        out.append("#" * s.level + " " + s.title)
+        out.append("#" * s.level + " " + _md_text(s.title))
         out += [_md_block(b) for b in s.blocks]
     return "\n\n".join(out) + "\n"
 

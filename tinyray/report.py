@@ -24,7 +24,7 @@ from tinyray.errors import TinyrayError
 from tinyray.models import REGISTRY, SEED_MODELS
 from tinyray.evaluate import EVAL_FILE
 from tinyray.console import trial_label
-from tinyray.render import Bullets, Code, Image, Section, Table, bold, code, para, to_html, to_markdown
+from tinyray.render import Bullets, Code, Image, Section, Table, bold, code, csv_cell, para, to_html, to_markdown
 from tinyray.sweep import SWEEP_META
 
 RESULT_FIELDS = ("status", "epochs_run", "best_epoch", "train_accuracy", "val_accuracy", "val_top5_accuracy", "gap",
@@ -347,7 +347,7 @@ def build_report(meta: dict, trials: list[Trial]) -> dict[str, bytes]:
     out_csv = io.StringIO()
     writer = csv.DictWriter(out_csv, fieldnames=["trial", *columns, *RESULT_FIELDS])
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows({k: csv_cell(v) for k, v in row.items()} for row in rows)
     results = {"sweep": sweep, "dataset": meta["dataset"], "cluster": meta["cluster"],
                "provenance": meta.get("provenance"),
                "best": {"model": overall.model, "axes": overall.axes, "config": overall.config,

@@ -38,7 +38,7 @@ import os
 import time
 from dataclasses import dataclass, field, fields
 
-from tinyray.config import FIELDS, TrainConfig, check_fields, coerce
+from tinyray.config import FIELDS, TrainConfig, check_fields, check_name, coerce
 from tinyray.data import storage
 from tinyray.data.storage import StorageOptions
 from tinyray.errors import TinyrayError
@@ -93,6 +93,7 @@ class SweepConfig:
 
     def __post_init__(self):
         set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 - frozen
+        check_name(self.name, "sweep name")  # the experiment folder's name
         if isinstance(self.scheduler, str):
             set_("scheduler", SchedulerConfig(type=self.scheduler))
         elif isinstance(self.scheduler, dict):

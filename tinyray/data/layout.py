@@ -13,6 +13,7 @@ A release is read from a folder or straight from the zip (``ReleaseFiles``), wit
 from __future__ import annotations
 
 import os
+import re
 import zipfile
 from dataclasses import dataclass, field
 
@@ -46,6 +47,9 @@ def parse_wnids(text: str) -> list[str]:
     wnids = [line.strip() for line in text.splitlines() if line.strip()]
     seen = set()
     for i, w in enumerate(wnids):
+        # a class id names a folder (train/<wnid>/) and labels the report's plots and tables
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", w):
+            raise TinyrayError(f"wnids.txt line {i + 1}: {w!r} is not a class id (letters, digits and _ . - only)")
         if w in seen:
             raise TinyrayError(f"wnids.txt lists {w!r} twice (line {i + 1})")
         seen.add(w)
