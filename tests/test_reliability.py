@@ -109,6 +109,7 @@ def wait(what, check, timeout=300):
 
 @pytest.mark.ray
 @pytest.mark.slow
+@pytest.mark.timeout(2400)  # its own waits add up to 25 minutes at most
 def test_a_preempted_node_and_a_lost_node_cost_no_finished_work(multi_node, staged, s3, tmp_path):
     """Drain the worker's node as a spot interruption does: the run saves a checkpoint at the
     step it is at, and resumes there on another node when the node goes. Then kill the next
