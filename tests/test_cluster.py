@@ -51,18 +51,33 @@ def test_aws_config_keeps_training_off_the_head_and_scales_gpus_from_zero():
     script = os.path.join(CLUSTER, "spot-drain.sh")
     assert os.access(script, os.X_OK) and "DRAIN_NODE_REASON_PREEMPTION" in open(script).read()
     assert subprocess.run(["bash", "-n", script]).returncode == 0
-    # nothing but SSH open to the world
-    perms = cfg["provider"]["security_group"]["IpPermissions"]
-    assert [(p["FromPort"], p["ToPort"]) for p in perms] == [(22, 22)]
+    # the security group's rules are Ray's own (SSH + intra-cluster: tests/test_aws.py)
+    assert "IpPermissions" not in cfg["provider"]["security_group"]
     assert "--dashboard-host=127.0.0.1" in " ".join(cfg["head_start_ray_commands"])
     assert cfg["docker"]["image"].startswith(f"rayproject/ray:{ray_version()}.") and cfg["docker"]["image"].endswith("-gpu")
 
 
-def test_iam_policy_grants_one_bucket_read_write():
-    policy = json.load(open(os.path.join(CLUSTER, "iam-policy.json")))
-    actions = {a for s in policy["Statement"] for a in s["Action"]}
-    assert {"s3:GetObject", "s3:PutObject", "s3:ListBucket"} <= actions
-    assert {r for s in policy["Statement"] for r in [s["Resource"]]} == {"arn:aws:s3:::BUCKET", "arn:aws:s3:::BUCKET/*"}
+def test_gpu_nodes_install_tensorflows_cuda_wheels_at_ci_pins():
+    """TF loads CUDA/cuDNN/NCCL from pip only through its and-cuda extra; every node installs with
+    constraints.txt, whose pins this test environment (CI's) was installed with."""
+    from importlib.metadata import version
+
+    pins = dict(line.split("==") for line in open(os.path.join(ROOT, "constraints.txt")).read().splitlines()
+                if line and not line.startswith("#"))
+    for name in ("ray", "tensorflow", "tf-keras", "pyarrow", "numpy"):
+        assert version(name) == pins[name], name
+    tf_meta = __import__("importlib.metadata").metadata.metadata("tensorflow").get_all("Requires-Dist")
+    cuda = {re.match(r"[A-Za-z0-9_.-]+", r).group(0): re.search(r">=([0-9.]+)", r).group(1)
+            for r in tf_meta if 'extra == "and-cuda"' in r}
+    assert cuda and all(pins[name] == floor for name, floor in cuda.items())  # what TF was built with
+    cfg = load("aws-gpu.yaml")
+    for name, t in cfg["available_node_types"].items():
+        cmds = " ".join(t.get("worker_setup_commands", []) or cfg["setup_commands"])
+        assert "-c /home/ray/tinyray/constraints.txt" in cmds, name
+        assert ("[gpu]" in cmds) == (t["resources"].get("GPU", 0) > 0), name
+    dockerfile = open(os.path.join(CLUSTER, "kuberay", "Dockerfile")).read()
+    assert "-c constraints.txt" in dockerfile and "[gpu]" in dockerfile
+    assert "-c constraints.txt" in open(os.path.join(ROOT, ".ci", "run")).read()
 
 
 def test_kuberay_manifests_are_consistent_with_the_repo():
