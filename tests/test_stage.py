@@ -202,7 +202,7 @@ def test_only_where_the_store_is_may_travel_never_a_key():
     assert b"SECRET-VALUE" not in pickle.dumps(filesystem("s3://bkt/x", opts, ship=True)[0])
     assert b"SECRET-VALUE" in pickle.dumps(filesystem("s3://bkt/x", opts)[0])  # the driver's own, signed
     # the embedded store's keys are public, local-only: a marker names them for the workers
-    embedded = StorageOptions("http://127.0.0.1:9", *EMBEDDED_KEYS)
+    embedded = StorageOptions("http://127.0.0.1:9", *EMBEDDED_KEYS, "us-east-1")
     assert embedded.public_env() == {"AWS_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_REGION": "us-east-1",
                                      EMBEDDED_MARKER: "1"}
     assert StorageOptions.from_env(env=embedded.public_env()) == embedded

@@ -66,7 +66,9 @@ def train_all(config: str | None, overrides: dict, resume: bool = False, address
                 top = write_sample(tmp, SampleSpec(**SAMPLE_FOR_SMOKE))
                 stage_dataset(StageConfig(top, data, rows_per_shard=64, progress=False), opts)
         else:
-            opts, data = StorageOptions.from_env(cfg.train.get("endpoint_url")), cfg.train["data"]
+            data = cfg.train["data"]
+            # the data bucket's region travels to the workers when none is set (storage.bucket_region)
+            opts = StorageOptions.from_env(cfg.train.get("endpoint_url")).for_bucket(data)
         exp = cfg.experiment_uri
         if experiment_exists(exp, opts) and not resume:
             raise TinyrayError(f"experiment {exp} exists: pass --resume to continue it, or --name for a new one")

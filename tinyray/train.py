@@ -211,7 +211,7 @@ def run_training(cfg: TrainConfig, opts: StorageOptions | None = None, address: 
     from tinyray.cluster import check_fits, cluster_nodes, ensure_ray
     from tinyray.console import Watch
 
-    opts = opts or StorageOptions.from_env(cfg.endpoint_url)
+    opts = (opts or StorageOptions.from_env(cfg.endpoint_url)).for_bucket(cfg.data)
     manifest = prepare(cfg, opts)
     ensure_ray(opts, address, verbose=verbose)
     check_fits(cfg, cluster_nodes())

@@ -1,23 +1,26 @@
 """Object storage: URIs, S3-compatible endpoints, the embedded endpoint, and clear errors.
 
 tinyray reaches every store the same way: a URI (``s3://bucket/prefix`` or a local folder) plus
-an endpoint URL and credentials taken from the standard AWS variables (``AWS_ENDPOINT_URL``,
-``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_REGION``) or flags. AWS S3, MinIO, Ceph,
-R2 and the embedded endpoint (``EmbeddedS3``, for laptops and tests) take the same code path;
-nothing here special-cases the embedded one.
+an endpoint URL (``AWS_ENDPOINT_URL`` or a flag) and AWS's standard credential chain: keys in the
+environment (with ``AWS_SESSION_TOKEN`` for STS, SSO and assumed roles), ``AWS_PROFILE``, the
+instance profile, IRSA on EKS. With no region set, a bucket's region is asked of the store
+(``bucket_region``): never a silent us-east-1, which pyarrow cannot recover from outside that
+region (apache/arrow#14601). AWS S3, MinIO, Ceph, R2 and the embedded endpoint (``EmbeddedS3``,
+for laptops and tests) take the same code path; nothing here special-cases the embedded one.
 """
 from __future__ import annotations
 
 import hashlib
 import os
 import socket
-from dataclasses import dataclass, field
+import functools
+from dataclasses import dataclass, field, replace
 from urllib.parse import urlparse
 
 from tinyray.errors import TinyrayError
 
 # The standard variables of a store's settings, in StorageOptions' field order.
-_ENV_KEYS = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION")
+_ENV_KEYS = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION", "AWS_SESSION_TOKEN")
 # Those that may travel to other processes (Ray's runtime env): never a credential. Ray logs a
 # runtime env in full (runtime_env_agent.log) and serves it on the dashboard and the state API.
 PUBLIC_ENV_KEYS = ("AWS_ENDPOINT_URL", "AWS_REGION")
@@ -35,20 +38,24 @@ class StorageOptions:
     endpoint_url: str | None = None
     access_key: str | None = field(default=None, repr=False)
     secret_key: str | None = field(default=None, repr=False)
-    region: str = DEFAULT_REGION
+    # None: not set anywhere; each bucket's own region is asked of the store (bucket_region)
+    region: str | None = None
+    session_token: str | None = field(default=None, repr=False)
 
     @classmethod
     def from_env(cls, endpoint_url: str | None = None, env=None) -> "StorageOptions":
         """Settings from the AWS variables; an explicit ``endpoint_url`` (a flag) wins."""
         env = os.environ if env is None else env
         keys = (env.get("AWS_ACCESS_KEY_ID") or None, env.get("AWS_SECRET_ACCESS_KEY") or None)
+        token = env.get("AWS_SESSION_TOKEN") or env.get("AWS_SECURITY_TOKEN") or None
         if not any(keys) and env.get(EMBEDDED_MARKER) == "1":
-            keys = EMBEDDED_KEYS
+            keys, token = EMBEDDED_KEYS, None
         opts = cls(
             endpoint_url=endpoint_url or env.get("AWS_ENDPOINT_URL") or None,
             access_key=keys[0],
             secret_key=keys[1],
-            region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or DEFAULT_REGION,
+            region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or _profile_region(env),
+            session_token=token if all(keys) else None,
         )
         if opts.endpoint_url:
             parsed = urlparse(opts.endpoint_url)
@@ -61,7 +68,7 @@ class StorageOptions:
     def to_env(self) -> dict[str, str]:
         """All the variables of these settings, credentials included: for a process you start
         yourself (a shell's export, a subprocess's env), never for Ray's runtime env."""
-        values = (self.endpoint_url, self.access_key, self.secret_key, self.region)
+        values = (self.endpoint_url, self.access_key, self.secret_key, self.region, self.session_token)
         return {k: v for k, v in zip(_ENV_KEYS, values) if v}
 
     def public_env(self) -> dict[str, str]:
@@ -70,6 +77,12 @@ class StorageOptions:
         for the embedded store, with its public keys, named by a marker."""
         env = {k: v for k, v in self.to_env().items() if k in PUBLIC_ENV_KEYS}
         return {**env, EMBEDDED_MARKER: "1"} if self.embedded else env
+
+    def for_bucket(self, uri: str) -> "StorageOptions":
+        """These settings with the region of ``uri``'s bucket filled in when none was set."""
+        if self.region or not is_s3(uri):
+            return self
+        return replace(self, region=bucket_region(split_s3(uri)[0], self))
 
     @property
     def embedded(self) -> bool:
@@ -122,12 +135,14 @@ def filesystem(uri: str, opts: StorageOptions, ship: bool = False):
     if not is_s3(uri):
         return pafs.LocalFileSystem(), local_path(uri)
     bucket, key = split_s3(uri)
-    kwargs = {"region": opts.region}
+    kwargs = {"region": opts.for_bucket(uri).region}
     if opts.endpoint_url:
         parsed = urlparse(opts.endpoint_url)
         kwargs.update(endpoint_override=parsed.netloc, scheme=parsed.scheme)
     if opts.access_key and opts.secret_key and (opts.embedded or not ship):
         kwargs.update(access_key=opts.access_key, secret_key=opts.secret_key)
+        if opts.session_token:
+            kwargs["session_token"] = opts.session_token
     # Bounded retries: an endpoint that has gone away fails in seconds, not minutes.
     kwargs["retry_strategy"] = pafs.AwsStandardS3RetryStrategy(max_attempts=4)
     kwargs["connect_timeout"] = 5
@@ -135,18 +150,65 @@ def filesystem(uri: str, opts: StorageOptions, ship: bool = False):
     return pafs.S3FileSystem(**kwargs), f"{bucket}/{key}".rstrip("/")
 
 
-def s3_client(opts: StorageOptions, attempts: int = 3):
+def s3_client(opts: StorageOptions, attempts: int = 3, bucket: str | None = None):
+    """A boto3 client for the store: explicit keys (with their session token) when set, else
+    boto3's own chain (profile, SSO, instance profile, IRSA). ``bucket`` picks that bucket's
+    region when none is set."""
     import boto3
     from botocore.config import Config
 
+    region = opts.region or (bucket_region(bucket, opts) if bucket else DEFAULT_REGION)
     return boto3.client(
         "s3",
         endpoint_url=opts.endpoint_url,
         aws_access_key_id=opts.access_key,
         aws_secret_access_key=opts.secret_key,
-        region_name=opts.region,
+        aws_session_token=opts.session_token,
+        region_name=region,
         config=Config(connect_timeout=5, read_timeout=60, retries={"max_attempts": attempts, "mode": "standard"}),
     )
+
+
+def _profile_region(env) -> str | None:
+    """The region of the AWS profile in use (~/.aws/config), if it names one."""
+    if env is not os.environ and not env.get("AWS_PROFILE"):
+        return None
+    try:
+        import botocore.session
+
+        session = botocore.session.Session(profile=env.get("AWS_PROFILE") or None)
+        return session.get_config_variable("region") or None
+    except Exception:  # noqa: BLE001 - a broken profile is boto3's to report when it signs in
+        return None
+
+
+@functools.lru_cache(maxsize=64)
+def _bucket_region(endpoint_url, access_key, secret_key, session_token, bucket: str) -> str:
+    from botocore.exceptions import ClientError
+
+    opts = StorageOptions(endpoint_url, access_key, secret_key, DEFAULT_REGION, session_token)
+    client = s3_client(opts, attempts=2)
+    try:
+        headers = client.head_bucket(Bucket=bucket)["ResponseMetadata"]["HTTPHeaders"]
+    except ClientError as e:
+        # S3 names the bucket's region even when it refuses the request from another region
+        headers = e.response.get("ResponseMetadata", {}).get("HTTPHeaders", {})
+        if "x-amz-bucket-region" not in headers:
+            raise explain_s3_error(e, f"s3://{bucket}", opts) from None
+    except Exception as e:  # noqa: BLE001 - unreachable store, no credentials: one line
+        raise explain_s3_error(e, f"s3://{bucket}", opts) from None
+    region = headers.get("x-amz-bucket-region")
+    if not region:  # a store that does not send the header: ask for the location
+        try:
+            region = client.get_bucket_location(Bucket=bucket).get("LocationConstraint")
+        except Exception as e:  # noqa: BLE001
+            raise explain_s3_error(e, f"s3://{bucket}", opts) from None
+    return region or DEFAULT_REGION  # S3's own answer for us-east-1 is an empty location
+
+
+def bucket_region(bucket: str, opts: StorageOptions) -> str:
+    """The region ``bucket`` lives in, as the store says (once per bucket and endpoint)."""
+    return _bucket_region(opts.endpoint_url, opts.access_key, opts.secret_key, opts.session_token, bucket)
 
 
 def explain_s3_error(e: BaseException, uri: str, opts: StorageOptions) -> TinyrayError:
@@ -158,7 +220,9 @@ def explain_s3_error(e: BaseException, uri: str, opts: StorageOptions) -> Tinyra
     if isinstance(e, (EndpointConnectionError, ConnectTimeoutError)):
         return TinyrayError(f"cannot reach the object store at {where}; check --endpoint-url / AWS_ENDPOINT_URL")
     if isinstance(e, NoCredentialsError):
-        return TinyrayError(f"no credentials for {where}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
+        return TinyrayError(f"no AWS credentials for {where}: set AWS_PROFILE, or AWS_ACCESS_KEY_ID and "
+                            f"AWS_SECRET_ACCESS_KEY (with AWS_SESSION_TOKEN for temporary keys), or run where "
+                            f"an instance profile or IRSA role applies")
     if isinstance(e, ClientError):
         code = str(e.response.get("Error", {}).get("Code", ""))
         bucket = split_s3(uri)[0] if is_s3(uri) else uri
@@ -184,7 +248,7 @@ def check_writable(uri: str, opts: StorageOptions) -> None:
         return
     bucket, _ = split_s3(uri)
     try:
-        s3_client(opts, attempts=2).head_bucket(Bucket=bucket)
+        s3_client(opts, attempts=2, bucket=bucket).head_bucket(Bucket=bucket)
     except Exception as e:  # noqa: BLE001 - every failure becomes one explained line
         raise explain_s3_error(e, uri, opts) from None
 
@@ -287,7 +351,7 @@ class EmbeddedS3:
         self._server.start()
         self.port = self._server.get_host_and_port()[1]
         if self.bucket:
-            s3_client(self.options).create_bucket(Bucket=self.bucket)
+            s3_client(self.options).create_bucket(Bucket=self.bucket)  # in us-east-1, the options' region
         return self
 
     def stop(self) -> None:
