@@ -167,18 +167,25 @@ def test_a_gpu_sweep_makes_the_autoscaler_add_and_remove_nodes(staged, s3, tmp_p
         sweep = tmp_path / "gpu.yaml"
         sweep.write_text("name: fake-gpu\ntrain: {model: tinycnn, epochs: 2, batch_size: 16, workers: 1, "
                          "cpus_per_worker: 1, gpus_per_worker: 1}\ngrid: {lr: [3.0e-3, 1.0e-3]}\n")
+        local = submit_job(address, env, ["python", os.path.join(ROOT, "jobs", "train_all.py"), "--config", str(sweep),
+                                          "--data", staged[0], "--storage", str(tmp_path / "exp")],
+                           runtime_env={"env_vars": s3.public_env}, working_dir=False)
+        assert local.returncode != 0 and "is a local folder, and this cluster has (or can add) other nodes" in local.stdout + local.stderr
         uri, _ = staged
         runtime_env = {"env_vars": {**s3.public_env, "TINYRAY_ALLOW_MISSING_GPU": "1"}}
-        # No --working-dir here: fake nodes share one Ray session folder, and a fake node that
-        # the autoscaler removes deletes the uploaded working dir under the running job. The
-        # repo is installed (pip install -e), so the job runs the script from the checkout.
+        # The mission's command, no --cluster-config: a head with no GPU and no worker node, which
+        # the job sizes from the running autoscaler's own config. No --working-dir here: fake nodes
+        # share one Ray session folder, and a fake node that the autoscaler removes deletes the
+        # uploaded working dir under the running job. The repo is installed (pip install -e).
         out = submit_job(address, env, ["python", os.path.join(ROOT, "jobs", "train_all.py"),
-                                        "--config", str(sweep), "--data", uri, "--storage", str(tmp_path / "exp"),
-                                        "--cluster-config", str(cfg_path)],
+                                        "--config", str(sweep), "--data", uri, "--storage", "s3://tinyray/fake-exp"],
                          runtime_env=runtime_env, working_dir=False)
         assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+        assert "the autoscaler can add up to 3 × gpu_1x (2 CPU, 1 GPU)" in out.stdout
         assert "2 trials, 2 at a time" in out.stdout  # auto concurrency counted the nodes it could add
-        rows = open(tmp_path / "exp" / "fake-gpu" / "results.csv").read().splitlines()
+        from tinyray.data.storage import read_bytes
+
+        rows = read_bytes("s3://tinyray/fake-exp/fake-gpu/results.csv", s3.options).decode().splitlines()
         assert len(rows) == 3 and all(",completed," in r for r in rows[1:])
         nodes = list_nodes(address=address, detail=True)
         gpu_nodes = [n for n in nodes if n.resources_total.get("GPU")]
@@ -194,3 +201,98 @@ def test_a_gpu_sweep_makes_the_autoscaler_add_and_remove_nodes(staged, s3, tmp_p
         assert not alive, "idle GPU nodes were not removed"
     finally:
         stop_process_tree(head)
+
+
+# ---------------------------------------------- the running autoscaler's config, bounded waits
+
+
+def test_the_head_monitors_config_file_is_found_by_its_clusters_gcs_port(tmp_path):
+    from tinyray.cluster import monitor_config_path
+
+    def process(pid, *args):
+        (tmp_path / str(pid)).mkdir()
+        (tmp_path / str(pid) / "cmdline").write_bytes("\0".join(args).encode() + b"\0")
+
+    script = "/venv/lib/python3.11/site-packages/ray/autoscaler/_private/monitor.py"
+    process(10, "python", script, "--gcs-address=10.0.0.5:6379", "--autoscaling-config=/home/ray/a.yaml")
+    process(11, "python", script, "--gcs-address=127.0.0.1:41000", "--autoscaling-config=/tmp/b.yaml")
+    process(12, "python", script, "--gcs-address=127.0.0.1:42000")  # a cluster with no autoscaler
+    process(13, "python", "other.py", "--gcs-address=127.0.0.1:43000", "--autoscaling-config=/tmp/c.yaml")
+    assert monitor_config_path("10.0.0.5:6379", str(tmp_path)) == "/home/ray/a.yaml"
+    assert monitor_config_path("127.0.0.1:41000", str(tmp_path)) == "/tmp/b.yaml"
+    assert monitor_config_path("127.0.0.1:42000", str(tmp_path)) is None
+    assert monitor_config_path("127.0.0.1:43000", str(tmp_path)) is None
+
+
+def test_scale_from_zero_sizes_the_sweep_by_what_the_autoscaler_can_add():
+    from tinyray.cluster import auto_concurrency, check_fits, cluster_capacity, load_cluster_config
+    from tinyray.errors import TinyrayError
+    from tinyray.sweep import load_sweep
+
+    head = {"CPU": 0.0, "tinyray_driver": 32.0, "memory": 2e10, "node:__internal_head__": 1.0, "node:10.0.0.5": 1.0}
+    trials = load_sweep(os.path.join(ROOT, "sweeps", "seed.yaml")).expand("s3://b/d")
+    with pytest.raises(TinyrayError, match="largest node has 0 CPU and 0 GPU"):
+        check_fits(trials[0], *cluster_capacity([head], None))  # live nodes only: refused
+    nodes, extra = cluster_capacity([head], load_cluster_config(os.path.join(CLUSTER, "aws-gpu.yaml")))
+    assert nodes == [{"CPU": 0.0, "tinyray_driver": 32.0, "memory": 2e10}]  # the live head, as it is
+    check_fits(trials[0], nodes, extra)
+    assert auto_concurrency(trials, nodes, extra) == 6
+
+
+def test_local_storage_is_refused_on_a_cluster_of_several_nodes(monkeypatch):
+    from tinyray.cluster import check_shared_storage
+    from tinyray.errors import TinyrayError
+
+    check_shared_storage("/tmp/exp", multi_node=False)
+    check_shared_storage("s3://b/experiments", multi_node=True)
+    with pytest.raises(TinyrayError, match="use --storage s3://BUCKET/experiments"):
+        check_shared_storage("/tmp/exp", multi_node=True)
+    monkeypatch.setenv("TINYRAY_SHARED_STORAGE", "1")  # EFS / NFS mounted on every node
+    check_shared_storage("/tmp/exp", multi_node=True)
+
+
+def test_the_autoscalers_launch_failure_is_named_in_the_line():
+    """The status dict as Ray's v1 monitor writes it (its own dataclasses, asdict)."""
+    from dataclasses import asdict
+
+    from ray.autoscaler._private.autoscaler import AutoscalerSummary
+    from ray.autoscaler._private.node_provider_availability_tracker import (
+        NodeAvailabilityRecord, NodeAvailabilitySummary, UnavailableNodeInformation)
+
+    from tinyray.cluster import launch_failures, resource_wait_line
+
+    record = NodeAvailabilityRecord(
+        node_type="gpu_1x_spot", is_available=False, last_checked_timestamp=0.0,
+        unavailable_node_information=UnavailableNodeInformation(
+            category="UnauthorizedOperation", description="You are not authorized to perform this operation."))
+    ok = NodeAvailabilityRecord(node_type="gpu_1x", is_available=True, last_checked_timestamp=0.0,
+                                unavailable_node_information=None)
+    summary = AutoscalerSummary(active_nodes={}, idle_nodes=None, pending_nodes=[], pending_launches={},
+                                failed_nodes=[], node_availability_summary=NodeAvailabilitySummary(
+                                    {"gpu_1x_spot": record, "gpu_1x": ok}))
+    status = json.loads(json.dumps({"autoscaler_report": asdict(summary)}))
+    failures = launch_failures(status)
+    assert failures == {"gpu_1x_spot": "You are not authorized to perform this operation."}
+    line = resource_wait_line(1201, [{"CPU": 3.0, "GPU": 1.0}], failures, autoscaling=True)
+    assert "waited 1201 s for 3 CPU + 1 GPU" in line and "node type gpu_1x_spot: You are not authorized" in line
+    assert "\n" not in line
+    assert launch_failures(None) == {} and launch_failures({"autoscaler_report": None}) == {}
+
+
+def test_the_resource_watch_ends_only_a_wait_longer_than_its_bound():
+    from tinyray.cluster import ResourceWatch
+
+    now = [0.0]
+    watch = ResourceWatch(timeout=60, clock=lambda: now[0])
+    pending = {"pg1": {"state": "PENDING", "bundles": {0: {"CPU": 1.0, "GPU": 1.0}}}}
+    created = {"pg1": {"state": "CREATED", "bundles": {0: {"CPU": 1.0, "GPU": 1.0}}}}
+    assert not watch.poll(pending, status={})
+    now[0] = 50
+    assert not watch.poll(created, status={})  # placed: the clock starts again if it pends anew
+    now[0] = 100
+    assert not watch.poll(pending, status={})
+    now[0] = 159
+    assert not watch.poll(pending, status={})
+    now[0] = 161
+    assert watch.poll(pending, status={})
+    assert "waited 61 s for 1 CPU + 1 GPU" in watch.reason

@@ -126,7 +126,9 @@ def test_a_preempted_node_and_a_lost_node_cost_no_finished_work(multi_node, stag
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     out = submit_job(address, env, ["python", os.path.join(root, "jobs", "train_all.py"), "--config", str(config),
                                     "--data", uri, "--storage", str(tmp_path)],
-                     runtime_env={"env_vars": s3.public_env}, wait=False, working_dir=False)
+                     # these nodes share this machine's disk: a local folder is shared storage here
+                     runtime_env={"env_vars": {**s3.public_env, "TINYRAY_SHARED_STORAGE": "1"}}, wait=False,
+                     working_dir=False)
     assert out.returncode == 0, out.stderr
     job = re.search(r"raysubmit_\w+", out.stdout + out.stderr).group(0)
     client = JobSubmissionClient(address)

@@ -703,3 +703,26 @@ def test_a_trial_that_cannot_get_its_data_fails_in_one_line_and_the_sweep_goes_o
                                     "listing needs 1 free CPU beside this run's 1 × 0.5 CPU workers, and 0.75 of "
                                     "the cluster's 4 CPU are free (other runs hold the rest): --cpus-per-worker "
                                     "0.25 would fit now"), trials[1].error
+
+
+@pytest.mark.ray
+def test_a_trial_that_can_never_be_placed_ends_the_sweep_in_one_line(ray_cluster, staged, s3, monkeypatch):
+    """A config that promises GPU nodes on a cluster that will never have one (no autoscaler):
+    Train would retry its worker group for ever; the sweep ends within its bound, in one line."""
+    import time
+
+    from tinyray.sweep import run_sweep
+
+    monkeypatch.setenv("TINYRAY_RESOURCE_TIMEOUT", "20")
+    uri, _ = staged
+    promised = {"head_node_type": "head", "available_node_types": {
+        "head": {"resources": {"CPU": 2}, "max_workers": 0},
+        "gpu": {"resources": {"CPU": 4, "GPU": 1}, "max_workers": 2}}}
+    cfg = SweepConfig(name="never-placed", storage="s3://tinyray/never-placed",
+                      train={"model": "tinycnn", "epochs": 1, "batch_size": 16, "gpus_per_worker": 1},
+                      grid={"lr": [1e-3]})
+    start = time.monotonic()
+    with pytest.raises(TinyrayError, match=r"waited \d+ s for .*1 GPU.* and the cluster never provided them") as e:
+        run_sweep(cfg, uri, s3.options, cluster_config=promised)
+    assert "\n" not in str(e.value)
+    assert time.monotonic() - start < 150

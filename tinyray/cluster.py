@@ -15,6 +15,8 @@ upgrade, recheck each one; delete it when its test passes without it.
 | Ray Data's ``equal=True`` split may drop rows | val is read whole and filtered by ``rank_of`` (data/pipeline.py) | test_pipeline.py::test_rank_of_splits_files_exactly_once, val_count in the training tests |
 | A TF checkpoint's optimizer slots restore lazily, after Ray has deleted the downloaded checkpoint folder | ``train.read_checkpoint`` builds the slots first | test_train.py::test_a_checkpoint_restores_weights_and_optimizer_state_before_its_folder_goes |
 | Tune copies the driver's `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` and session token into every trial actor's runtime env (`ray/tune/execution/class_cache.py`, `ENV_VARS_TO_PROPAGATE`), and Ray logs each runtime env in full (`runtime_env_agent.log`) | ``keep_credentials_out_of_tune``: those names are taken out of the set; trial actors sign in with what their node has | test_sweep.py::test_no_credential_reaches_a_log_a_file_or_the_state_api |
+| Ray 2.60's v1 autoscaler (``ray up``, the fake provider) does not put its node types in the GCS (``get_cluster_config()`` is None there; only v2 does) | ``running_autoscaler_config`` reads the head's monitor's ``--autoscaling-config`` file | test_cluster.py::test_a_gpu_sweep_makes_the_autoscaler_add_and_remove_nodes |
+| Train V2 retries a worker group that cannot be placed without end | ``ResourceWatch`` (a Tune stopper) ends the sweep in one line after ``TINYRAY_RESOURCE_TIMEOUT`` | test_sweep.py::test_a_trial_that_can_never_be_placed_ends_the_sweep_in_one_line |
 | Nodes on one machine (fake multi-node, or several ``ray start``) share one session folder: removing a node deletes an uploaded working dir under the running job | those tests submit without ``--working-dir`` | test_cluster.py::test_a_gpu_sweep_makes_the_autoscaler_add_and_remove_nodes, test_reliability.py |
 """
 from __future__ import annotations
@@ -221,23 +223,95 @@ def trial_resources(cluster: dict) -> dict:
     return {"CPU": 0, "memory": 1}
 
 
+HEAD_MARK = "node:__internal_head__"
+
+
 def cluster_capacity(live_nodes: list[dict], cluster_config: dict | None) -> tuple[list[dict], list[dict]]:
     """(nodes, nodes an autoscaler may add) for sizing a sweep.
 
-    With a cluster launcher config (cluster/aws-gpu.yaml), capacity is what its node types can
-    reach at ``max_workers``: the live worker nodes are part of that maximum, not in addition to
-    it. Without one, only the live nodes count.
+    With an autoscaler config (the running cluster's, or cluster/aws-gpu.yaml given as
+    ``--cluster-config``), capacity is what its node types can reach at ``max_workers``: the live
+    worker nodes are part of that maximum, not in addition to it. The head is the live head when
+    there is one (its ``ray start`` flags are what it has), else the config's. Without a config,
+    only the live nodes count.
     """
     if not cluster_config:
         return list(live_nodes), []
     types = cluster_config.get("available_node_types", {})
     head_type = cluster_config.get("head_node_type")
-    head = [dict(types[head_type].get("resources", {}))] if head_type in types else []
+    live_head = [{k: v for k, v in n.items() if not k.startswith("node:")} for n in live_nodes if HEAD_MARK in n]
+    head = live_head or ([dict(types[head_type].get("resources", {}))] if head_type in types else [])
     extra = []
     for name, spec in types.items():
         if name != head_type:
             extra += [dict(spec.get("resources", {}))] * int(spec.get("max_workers", 0))
     return head, extra
+
+
+MONITOR_SCRIPT = "autoscaler/_private/monitor.py"
+
+
+def running_autoscaler_config(gcs_address: str | None = None, proc: str = "/proc") -> dict | None:
+    """What the running cluster's autoscaler can grow to, as a launcher config's node types.
+
+    Ray 2.60 has two places for it. Autoscaler v2 (KubeRay, v2 clusters) stores its node groups
+    in the GCS (``ray._private.state.state.get_cluster_config()``, which Ray Train reads too).
+    The default v1 autoscaler does not: it runs as the head's monitor process with
+    ``--autoscaling-config=FILE`` (``ray up`` writes ~/ray_bootstrap_config.yaml), so on the head,
+    where a submitted job's driver runs, that file is read, picked by this cluster's GCS address.
+    None when neither says (a cluster without an autoscaler).
+    """
+    import ray
+
+    gcs_address = gcs_address or ray.get_runtime_context().gcs_address
+    try:
+        groups = ray._private.state.state.get_cluster_config()
+    except Exception:  # noqa: BLE001 - an older GCS without the key: try the monitor's file
+        groups = None
+    if groups is not None and groups.node_group_configs:
+        return {"available_node_types": {g.name: {"resources": dict(g.resources), "max_workers": int(g.max_count)}
+                                         for g in groups.node_group_configs}}
+    path = monitor_config_path(gcs_address, proc)
+    return load_cluster_config(path) if path else None
+
+
+def monitor_config_path(gcs_address: str, proc: str = "/proc") -> str | None:
+    """The ``--autoscaling-config`` file of this machine's autoscaler monitor for the cluster at
+    ``gcs_address`` (several clusters may share a machine), if one runs here."""
+    try:
+        pids = [p for p in os.listdir(proc) if p.isdigit()]
+    except OSError:
+        return None
+    for pid in pids:
+        try:
+            with open(os.path.join(proc, pid, "cmdline"), "rb") as f:
+                args = f.read().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        if not any(a.endswith(MONITOR_SCRIPT) for a in args):
+            continue
+        flags = dict(a[2:].split("=", 1) for a in args if a.startswith("--") and "=" in a)
+        # the monitor runs on this machine: its GCS port names the cluster (the host may be spelt
+        # as another of this machine's addresses)
+        same = flags.get("gcs-address", "").rpartition(":")[2] == gcs_address.rpartition(":")[2]
+        if same and flags.get("autoscaling-config"):
+            return os.path.expanduser(flags["autoscaling-config"])
+    return None
+
+
+def check_shared_storage(storage: str, multi_node: bool) -> None:
+    """On a cluster of several nodes (or one that will grow), results must go where every node
+    reads and writes: each trial's driver reads result.json that a worker on another node wrote,
+    and a spot node's checkpoints must outlive it. A local folder is refused unless the user says
+    it is one every node mounts (EFS, NFS: ``TINYRAY_SHARED_STORAGE=1``)."""
+    from tinyray.data import storage as st
+
+    if not multi_node or st.is_s3(storage) or os.environ.get("TINYRAY_SHARED_STORAGE") == "1":
+        return
+    raise TinyrayError(
+        f"storage {st.local_path(storage)} is a local folder, and this cluster has (or can add) other nodes, "
+        f"whose results and checkpoints would stay on their own disks: use --storage s3://BUCKET/experiments "
+        f"(or set TINYRAY_SHARED_STORAGE=1 if every node mounts that folder)")
 
 
 def load_cluster_config(path: str | None) -> dict | None:
@@ -250,9 +324,99 @@ def load_cluster_config(path: str | None) -> dict | None:
             cfg = yaml.safe_load(f)
     except FileNotFoundError:
         raise TinyrayError(f"cluster config {path} does not exist") from None
+    except (OSError, yaml.YAMLError) as e:
+        raise TinyrayError(f"cluster config {path} cannot be read: {str(e).splitlines()[0]}") from None
     if not isinstance(cfg, dict) or "available_node_types" not in cfg:
         raise TinyrayError(f"{path} is not a Ray cluster launcher config (no available_node_types)")
     return cfg
+
+
+# ------------------------------------------------------------ waiting for resources, bounded
+
+# The watch of the sweep this driver runs (sweep.ResourceStopper asks it); None between sweeps.
+ACTIVE_WATCH = None
+RESOURCE_TIMEOUT = 1200.0  # s: a GPU node's boot and setup (TF's CUDA wheels) take minutes
+
+
+def launch_failures(status: dict | None) -> dict[str, str]:
+    """{node type: the autoscaler's reason} for each node type whose last launch failed, from the
+    status the v1 autoscaler writes to the GCS (``__autoscaling_status``)."""
+    report = (status or {}).get("autoscaler_report") or {}
+    records = ((report.get("node_availability_summary") or {}).get("node_availabilities")) or {}
+    out = {}
+    for name, rec in records.items():
+        info = rec.get("unavailable_node_information") or {}
+        if not rec.get("is_available", True) and info:
+            reason = " ".join(str(info.get("description") or info.get("category") or "").split())
+            out[name] = reason[:300]
+    return out
+
+
+def resource_wait_line(waited: float, bundles: list[dict], failures: dict[str, str], autoscaling: bool) -> str:
+    """The line a sweep ends in when a trial's workers waited ``waited`` s for their resources."""
+    want = ", ".join(" + ".join(f"{v:g} {k}" for k, v in sorted(b.items())) for b in bundles[:3]) or "resources"
+    head = f"a trial's workers waited {waited:.0f} s for {want} and the cluster never provided them"
+    if failures:
+        named = "; ".join(f"node type {t}: {why}" for t, why in sorted(failures.items()))
+        return f"{head}: the autoscaler could not launch nodes ({named})"
+    if autoscaling:
+        return (f"{head}: the autoscaler added no node that fits (see `ray status` on the head; "
+                f"TINYRAY_RESOURCE_TIMEOUT raises the bound)")
+    return f"{head}: the cluster has no autoscaler and no free node that fits; add a node or ask for less"
+
+
+def autoscaler_status() -> dict | None:
+    """The v1 autoscaler's last status in the GCS, or None (no autoscaler, or v2)."""
+    from ray._private import ray_constants
+    from ray.experimental.internal_kv import _internal_kv_get, _internal_kv_initialized
+
+    if not _internal_kv_initialized():
+        return None
+    raw = _internal_kv_get(ray_constants.DEBUG_AUTOSCALING_STATUS)
+    try:
+        return json.loads(raw) if raw else None
+    except ValueError:
+        return None
+
+
+class ResourceWatch:
+    """Ends a wait for resources that nothing will satisfy. Polled by Tune (as a Stopper, see
+    ``sweep.resource_stopper``): a placement group of Train workers that stays PENDING longer than
+    ``timeout`` stops the sweep, and ``reason`` is the one line it ends in."""
+
+    def __init__(self, timeout: float | None = None, autoscaling: bool = False, every: float = 5.0, clock=None):
+        import time
+
+        self.timeout = float(os.environ.get("TINYRAY_RESOURCE_TIMEOUT") or timeout or RESOURCE_TIMEOUT)
+        self.autoscaling = autoscaling
+        self.every = every
+        self.clock = clock or time.monotonic
+        self.first_seen: dict[str, float] = {}
+        self.last_poll = -1e18
+        self.reason: str | None = None
+
+    def poll(self, groups: dict | None = None, status: dict | None = None) -> bool:
+        """Whether to stop now. ``groups`` is ``ray.util.placement_group_table()``."""
+        if self.reason:
+            return True
+        now = self.clock()
+        if groups is None and now - self.last_poll < self.every:
+            return False
+        self.last_poll = now
+        if groups is None:
+            from ray.util import placement_group_table
+
+            groups = placement_group_table()
+        pending = {pid: g for pid, g in groups.items() if g.get("state") == "PENDING"}
+        self.first_seen = {pid: self.first_seen.get(pid, now) for pid in pending}
+        late = [pid for pid, t in self.first_seen.items() if now - t > self.timeout]
+        if not late:
+            return False
+        bundles = list((pending[late[0]].get("bundles") or {}).values())
+        status = status if status is not None else autoscaler_status()
+        self.reason = resource_wait_line(now - self.first_seen[late[0]], bundles, launch_failures(status),
+                                         self.autoscaling)
+        return True
 
 
 def auto_concurrency(trials: list[TrainConfig], nodes: list[dict], max_nodes: list[dict] | None = None) -> int:

@@ -486,7 +486,27 @@ def make_scheduler(sched: SchedulerConfig, max_t: int):
     return __getattr__("PerModelASHA")(key="model", **asha) if sched.per_model else ASHAScheduler(**asha)
 
 
-_LAZY = {"TrialReports": _trial_reports_class, "PerModelASHA": _per_model_asha_class}
+def _resource_stopper_class():
+    from ray.tune.stopper import Stopper
+
+    from tinyray import cluster
+
+    class ResourceStopper(Stopper):
+        """Stops the sweep when this driver's ``cluster.ResourceWatch`` says a trial's workers
+        can never be placed. It holds no state, so a restored sweep's copy asks the new watch."""
+
+        def __call__(self, trial_id, result):
+            return False
+
+        def stop_all(self):
+            return bool(cluster.ACTIVE_WATCH and cluster.ACTIVE_WATCH.poll())
+
+    ResourceStopper.__module__, ResourceStopper.__qualname__ = __name__, "ResourceStopper"
+    return ResourceStopper
+
+
+_LAZY = {"TrialReports": _trial_reports_class, "PerModelASHA": _per_model_asha_class,
+         "ResourceStopper": _resource_stopper_class}
 
 
 def __getattr__(name: str):
@@ -506,8 +526,10 @@ def run_sweep(cfg: SweepConfig, data: str, opts: StorageOptions | None = None, r
     import ray
     from ray import tune
 
-    from tinyray.cluster import (auto_concurrency, check_fits, cluster_capacity, cluster_nodes,
-                                 keep_credentials_out_of_tune, trial_resources)
+    from tinyray import cluster
+    from tinyray.cluster import (auto_concurrency, check_fits, check_shared_storage, cluster_capacity,
+                                 cluster_nodes, keep_credentials_out_of_tune, running_autoscaler_config,
+                                 trial_resources)
     from tinyray.console import epoch_lines_callback, status_table
     from tinyray.data.pipeline import steps_per_epoch
     from tinyray.data.stage import load_manifest
@@ -518,7 +540,12 @@ def run_sweep(cfg: SweepConfig, data: str, opts: StorageOptions | None = None, r
     train_runs = storage.join(exp_uri, "train-runs")
     trials = cfg.expand(data, train_runs)
     live = cluster_nodes()
-    nodes, max_nodes = cluster_capacity(live, cluster_config)
+    # what the cluster can grow to: --cluster-config, else the running autoscaler's own node types
+    autoscaler = running_autoscaler_config() if cluster_config is None else None
+    nodes, max_nodes = cluster_capacity(live, cluster_config or autoscaler)
+    check_shared_storage(cfg.storage, len(live) > 1 or bool(cluster_config or autoscaler))
+    if autoscaler:
+        print("cluster: " + capacity_line(live, autoscaler), flush=True)
     for trial in trials:  # every shape fits and has a batch, or one clear line before Tune starts
         check_fits(trial, nodes, max_nodes)
         steps_per_epoch(manifest["train"]["count"], trial.batch_size, trial.workers, trial.replicas_per_worker)
@@ -547,6 +574,7 @@ def run_sweep(cfg: SweepConfig, data: str, opts: StorageOptions | None = None, r
                                         num_samples=num_samples, max_concurrent_trials=concurrency),
             run_config=tune.RunConfig(name=cfg.name, storage_path=exp_path, storage_filesystem=fs,
                                       failure_config=tune.FailureConfig(max_failures=0),
+                                      stop=__getattr__("ResourceStopper")(),
                                       callbacks=[epoch_lines_callback(base, cfg.axes)],
                                       # quiet: the callback's lines and tables only (console.py)
                                       verbose=2 if verbose else 0),
@@ -563,8 +591,22 @@ def run_sweep(cfg: SweepConfig, data: str, opts: StorageOptions | None = None, r
                                            for dist, values in spec.items()), flush=True)
     if not verbose:  # Tune's newer console prints its experiment header even when silent
         os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
-    tuner.fit()
+    watch = cluster.ACTIVE_WATCH = cluster.ResourceWatch(autoscaling=bool(cluster_config or autoscaler or max_nodes))
+    try:
+        tuner.fit()
+    finally:
+        cluster.ACTIVE_WATCH = None
+    if watch.reason:
+        raise TinyrayError(watch.reason)
     return exp_uri
+
+
+def capacity_line(live: list[dict], autoscaler: dict) -> str:
+    """What the autoscaler can add, for the sweep's first lines."""
+    types = autoscaler.get("available_node_types", {})
+    grow = [f"{spec.get('max_workers', 0)} × {name} ({', '.join(f'{v:g} {k}' for k, v in sorted((spec.get('resources') or {}).items()))})"
+            for name, spec in types.items() if name != autoscaler.get("head_node_type") and spec.get("max_workers")]
+    return f"{len(live)} live node(s); the autoscaler can add up to " + ("; ".join(grow) or "nothing")
 
 
 def search_plan(cfg: SweepConfig):

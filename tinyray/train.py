@@ -208,13 +208,16 @@ def run_training(cfg: TrainConfig, opts: StorageOptions | None = None, address: 
                  verbose: bool = False) -> TrainResult:
     """``tinyray train``: check the config's data and run folder, connect to (or start) Ray, check
     the run fits, ``run`` it, with a line per epoch (and a progress bar on a terminal)."""
-    from tinyray.cluster import check_fits, cluster_nodes, ensure_ray
+    from tinyray.cluster import (check_fits, check_shared_storage, cluster_capacity, cluster_nodes, ensure_ray,
+                                 running_autoscaler_config)
     from tinyray.console import Watch
 
     opts = (opts or StorageOptions.from_env(cfg.endpoint_url)).for_bucket(cfg.data)
     manifest = prepare(cfg, opts)
     ensure_ray(opts, address, verbose=verbose)
-    check_fits(cfg, cluster_nodes())
+    live, autoscaler = cluster_nodes(), running_autoscaler_config()
+    check_shared_storage(cfg.storage, len(live) > 1 or bool(autoscaler))
+    check_fits(cfg, *cluster_capacity(live, autoscaler))
     print(f"training {cfg.run_name}: {cfg.workers} worker(s) × {cfg.cpus_per_worker:g} CPU"
           + (f" + {cfg.gpus_per_worker:g} GPU" if cfg.gpus_per_worker else ""), flush=True)
     with Watch() as watch:
