@@ -167,6 +167,12 @@ def test_a_gpu_sweep_makes_the_autoscaler_add_and_remove_nodes(staged, s3, tmp_p
         sweep = tmp_path / "gpu.yaml"
         sweep.write_text("name: fake-gpu\ntrain: {model: tinycnn, epochs: 2, batch_size: 16, workers: 1, "
                          "cpus_per_worker: 1, gpus_per_worker: 1}\ngrid: {lr: [3.0e-3, 1.0e-3]}\n")
+        # the doctor on fake GPU nodes: the autoscaler starts one for its probe, and the fake GPU is
+        # reported as what it is (no device behind it) when TINYRAY_ALLOW_MISSING_GPU is not set
+        doc = submit_job(address, env, ["tinyray", "doctor", "--gpus", "1", "--cpus", "1"],
+                         runtime_env={"env_vars": s3.public_env}, working_dir=False)
+        assert doc.returncode != 0, doc.stdout[-2000:]
+        assert "no GPU visible" in doc.stdout and "asked for 1 GPU but TensorFlow sees none" in doc.stdout, doc.stdout
         local = submit_job(address, env, ["python", os.path.join(ROOT, "jobs", "train_all.py"), "--config", str(sweep),
                                           "--data", staged[0], "--storage", str(tmp_path / "exp")],
                            runtime_env={"env_vars": s3.public_env}, working_dir=False)
@@ -296,3 +302,46 @@ def test_the_resource_watch_ends_only_a_wait_longer_than_its_bound():
     now[0] = 161
     assert watch.poll(pending, status={})
     assert "waited 61 s for 1 CPU + 1 GPU" in watch.reason
+
+
+# What EKS lets pods allocate on each instance type: vCPU less kubelet's CPU reserve (6 % of the
+# first core, 1 % of the next, 0.5 % of the next two, 0.25 % beyond) and memory less kube-reserved
+# (255 MiB + 11 MiB per pod at the type's max pods) and the 100 MiB eviction threshold.
+INSTANCES = {"m6i.2xlarge": (8, 32, 58), "g5.xlarge": (4, 16, 58), "g5.12xlarge": (48, 192, 737)}
+
+
+def allocatable(instance):
+    vcpu, gib, pods = INSTANCES[instance]
+    reserve = 0.06 + 0.01 + 0.005 * 2 + 0.0025 * max(0, vcpu - 4)
+    return vcpu - reserve, gib - (255 + 11 * pods + 100) / 1024
+
+
+def quantity(text):
+    units = {"Gi": 1.0, "Mi": 1 / 1024}
+    for unit, scale in units.items():
+        if str(text).endswith(unit):
+            return float(str(text)[:-len(unit)]) * scale
+    return float(text)
+
+
+def test_kuberay_pods_fit_their_instance_types_use_token_auth_and_only_their_own_pods_reach_them():
+    policy = load("kuberay", "networkpolicy.yaml")
+    selected = policy["spec"]["podSelector"]["matchLabels"]
+    assert policy["kind"] == "NetworkPolicy" and policy["spec"]["policyTypes"] == ["Ingress"]
+    sources = policy["spec"]["ingress"][0]["from"]
+    assert {"podSelector": {"matchLabels": selected}} in sources  # its own pods
+    assert any("namespaceSelector" in s and s["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "kuberay-operator"}
+               for s in sources) and len(sources) == 2
+    job = load("kuberay", "rayjob.yaml")
+    assert job["spec"]["submissionMode"] == "HTTPMode"  # the operator submits: the policy admits it
+    assert "--cluster-config" not in job["spec"]["entrypoint"] and "--storage s3://" in job["spec"]["entrypoint"]
+    for spec in (load("kuberay", "raycluster.yaml")["spec"], job["spec"]["rayClusterSpec"]):
+        assert spec["authOptions"] == {"mode": "token"}
+        for group in [spec["headGroupSpec"], *spec["workerGroupSpecs"]]:
+            pod = group["template"]
+            assert pod["metadata"]["labels"].items() >= selected.items()
+            instance = pod["spec"]["nodeSelector"]["node.kubernetes.io/instance-type"]
+            cpu, mem = allocatable(instance)
+            res = pod["spec"]["containers"][0]["resources"]
+            assert res["requests"]["cpu"] == res["limits"]["cpu"] and res["requests"]["memory"] == res["limits"]["memory"]
+            assert quantity(res["requests"]["cpu"]) <= cpu and quantity(res["requests"]["memory"]) <= mem, instance

@@ -255,8 +255,44 @@ def _register_use(sub) -> None:
     p.set_defaults(func=_cmd_predict)
 
 
+def _register_doctor(sub) -> None:
+    p = sub.add_parser("doctor", help="check the cluster can run a trial: one probe per worker shape, one table",
+                       description="Runs one small Ray task asking what a trial worker asks for (so an autoscaling "
+                                   "cluster starts a node of that type) and prints, per node: versions, the GPUs "
+                                   "TensorFlow sees and the CUDA/cuDNN/NCCL it was built with and loaded, whether "
+                                   "--data is readable with that node's identity and its region, free disk and "
+                                   "memory. Exit 1 with a line per failure.")
+    p.add_argument("--data", help="a staged dataset (s3://… or a folder) whose manifest each node must read")
+    p.add_argument("--gpus", type=float, default=0.0, help="GPUs per worker, as the trials ask (default 0)")
+    p.add_argument("--cpus", type=float, default=1.0, help="CPUs per worker, as the trials ask (default 1)")
+    p.add_argument("--endpoint-url", help="S3-compatible endpoint (default: $AWS_ENDPOINT_URL, else AWS)")
+    p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
+    p.add_argument("--verbose", action="store_true", help="show Ray's own logs")
+    p.set_defaults(func=_cmd_doctor)
+
+
+def _cmd_doctor(args) -> int:
+    from tinyray import doctor
+    from tinyray.cluster import ensure_ray
+    from tinyray.data.storage import StorageOptions
+
+    opts = StorageOptions.from_env(args.endpoint_url)
+    if args.data:
+        opts = opts.for_bucket(args.data)
+    ensure_ray(opts, args.address, verbose=args.verbose)
+    driver = doctor.probe(args.data, args.endpoint_url, 0)
+    driver["shape"] = "driver"
+    rows, failures = doctor.run_probes([(args.cpus, args.gpus)], args.data, args.endpoint_url)
+    failures = [f"driver node {driver['node']}: {f}" for f in driver["failures"]] + failures
+    print(doctor.table([driver, *rows]))
+    for line in failures:
+        print(f"FAIL {line}")
+    print("all checks passed" if not failures else f"{len(failures)} check(s) failed")
+    return 1 if failures else 0
+
+
 # Each stage adds its subcommands through a function taking the subparsers object.
-_REGISTRARS: list = [_register_data, _register_train, _register_sweep, _register_use]
+_REGISTRARS: list = [_register_data, _register_train, _register_sweep, _register_use, _register_doctor]
 
 
 def main(argv: list[str] | None = None) -> int:

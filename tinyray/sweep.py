@@ -550,6 +550,9 @@ def run_sweep(cfg: SweepConfig, data: str, opts: StorageOptions | None = None, r
         check_fits(trial, nodes, max_nodes)
         steps_per_epoch(manifest["train"]["count"], trial.batch_size, trial.workers, trial.replicas_per_worker)
 
+    from tinyray.doctor import preflight
+
+    preflight(trials, data, opts.endpoint_url)  # a broken node image stops here, in seconds
     concurrency = (auto_concurrency(trials, nodes, max_nodes) if cfg.max_concurrent_trials == "auto"
                    else cfg.max_concurrent_trials)
     fs, exp_path = storage.filesystem(cfg.storage, opts, ship=True)

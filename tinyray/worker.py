@@ -127,7 +127,9 @@ def setup_tensorflow(cfg: TrainConfig) -> None:
     # anywhere else a GPU worker without a visible GPU is a broken image, and training on its
     # CPU would silently be ~50x slower.
     if cfg.gpus_per_worker > 0 and not gpus and os.environ.get("TINYRAY_ALLOW_MISSING_GPU") != "1":
-        raise TinyrayError("this worker was given a GPU but TensorFlow sees none (CUDA libraries missing?)")
+        from tinyray.doctor import tf_loader_notes
+
+        raise TinyrayError(f"this worker was given a GPU but TensorFlow sees none: {tf_loader_notes()}")
     for gpu in gpus:
         # Ray gives each worker its own GPU via CUDA_VISIBLE_DEVICES; growth keeps TF from
         # reserving all memory when fractional GPUs share one device.
