@@ -131,6 +131,22 @@ def test_cluster_capacity_counts_what_the_autoscaler_can_reach():
     assert cluster_capacity([{"CPU": 2}], None) == ([{"CPU": 2}], [])
 
 
+def test_the_heads_memory_caps_how_many_trials_run_at_once():
+    from tinyray.cluster import HEAD_MARK, HEAD_MB_PER_TRIAL, auto_concurrency, head_trial_cap
+    from tinyray.sweep import SweepConfig
+
+    # a head whose Ray memory holds 3.5 trials' worth, beside 8 GPU nodes the autoscaler may add
+    head = {"CPU": 0, "tinyray_driver": 32, HEAD_MARK: 1, "memory": 3.5 * HEAD_MB_PER_TRIAL * 2**20}
+    assert head_trial_cap([head, {"CPU": 4, "GPU": 1}]) == 3
+    assert head_trial_cap([{"CPU": 4, "memory": 1e12}]) is None  # no live head: no cap from it
+    trials = SweepConfig(train={"model": "tinycnn", "gpus_per_worker": 1},
+                         grid={"seed": list(range(8))}).expand("d")
+    assert auto_concurrency(trials, [head], [{"CPU": 4, "GPU": 1}] * 8) == 8
+    assert auto_concurrency(trials, [head], [{"CPU": 4, "GPU": 1}] * 8, head_trial_cap([head])) == 3
+    tiny = {**head, "memory": 10 * 2**20}
+    assert auto_concurrency(trials, [tiny], [{"CPU": 4, "GPU": 1}] * 8, head_trial_cap([tiny])) == 1
+
+
 def test_stale_cluster_pointer_is_repointed_but_a_live_one_is_kept(tmp_path):
     import socket
 

@@ -34,7 +34,8 @@ def test_doctor_says_what_is_missing_in_a_line_each_and_exits_1(s3):
     fails = [l for l in out.stdout.splitlines() if l.startswith("FAIL ")]
     assert any("s3://tinyray/not-staged has no manifest.json" in l for l in fails), fails
     # no node has a GPU and nothing can add one: the wait is bounded and says what it waited for
-    assert any("no node with 1 CPU + 1 GPU came up within 5 s" in l for l in fails), fails
+    assert any("the probe waited 5 s for 1 CPU + 1 GPU and the cluster never provided them: the cluster has no "
+               "autoscaler and no free node that fits" in l for l in fails), fails
     assert out.stdout.splitlines()[-1] == f"{len(fails)} check(s) failed"
 
 

@@ -273,7 +273,7 @@ def _register_doctor(sub) -> None:
 
 def _cmd_doctor(args) -> int:
     from tinyray import doctor
-    from tinyray.cluster import ensure_ray
+    from tinyray.cluster import ensure_ray, running_autoscaler_config
     from tinyray.data.storage import StorageOptions
 
     opts = StorageOptions.from_env(args.endpoint_url)
@@ -282,7 +282,8 @@ def _cmd_doctor(args) -> int:
     ensure_ray(opts, args.address, verbose=args.verbose)
     driver = doctor.probe(args.data, args.endpoint_url, 0)
     driver["shape"] = "driver"
-    rows, failures = doctor.run_probes([(args.cpus, args.gpus)], args.data, args.endpoint_url)
+    rows, failures = doctor.run_probes([(args.cpus, args.gpus)], args.data, args.endpoint_url,
+                                       autoscaling=bool(running_autoscaler_config()))
     failures = [f"driver node {driver['node']}: {f}" for f in driver["failures"]] + failures
     print(doctor.table([driver, *rows]))
     for line in failures:

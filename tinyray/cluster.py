@@ -224,6 +224,11 @@ def trial_resources(cluster: dict) -> dict:
 
 
 HEAD_MARK = "node:__internal_head__"
+# What one running trial holds in the head's memory: its Tune trial actor, Ray Train's
+# controller and Ray Data's split coordinator. benchmarks/head_memory.py measured 134 + 135 + 117
+# = 386 MB of peak USS per trial (2 concurrent sample trials on this machine); 450 leaves room
+# for the coordinator's block metadata on the full dataset, which was not measured.
+HEAD_MB_PER_TRIAL = 450
 
 
 def cluster_capacity(live_nodes: list[dict], cluster_config: dict | None) -> tuple[list[dict], list[dict]]:
@@ -352,10 +357,12 @@ def launch_failures(status: dict | None) -> dict[str, str]:
     return out
 
 
-def resource_wait_line(waited: float, bundles: list[dict], failures: dict[str, str], autoscaling: bool) -> str:
-    """The line a sweep ends in when a trial's workers waited ``waited`` s for their resources."""
-    want = ", ".join(" + ".join(f"{v:g} {k}" for k, v in sorted(b.items())) for b in bundles[:3]) or "resources"
-    head = f"a trial's workers waited {waited:.0f} s for {want} and the cluster never provided them"
+def resource_wait_line(waited: float, bundles: list[dict], failures: dict[str, str], autoscaling: bool,
+                       who: str = "a trial's workers") -> str:
+    """The line a sweep ends in when ``who`` waited ``waited`` s for their resources (a trial's
+    workers under Tune, or the preflight's probe before it)."""
+    want = ", ".join(" + ".join(f"{v:g} {k}" for k, v in sorted(b.items()) if v) for b in bundles[:3]) or "resources"
+    head = f"{who} waited {waited:.0f} s for {want} and the cluster never provided them"
     if failures:
         named = "; ".join(f"node type {t}: {why}" for t, why in sorted(failures.items()))
         return f"{head}: the autoscaler could not launch nodes ({named})"
@@ -419,10 +426,20 @@ class ResourceWatch:
         return True
 
 
-def auto_concurrency(trials: list[TrainConfig], nodes: list[dict], max_nodes: list[dict] | None = None) -> int:
+def head_trial_cap(live_nodes: list[dict]) -> int | None:
+    """How many trials the head's memory holds: Ray's ``memory`` resource on the live head (what
+    Ray schedules there: about 70 % of the RAM free when it started) over ``HEAD_MB_PER_TRIAL``.
+    None when no live node is marked head."""
+    heads = [n for n in live_nodes if HEAD_MARK in n and n.get("memory")]
+    return max(1, int(heads[0]["memory"] / 2**20 // HEAD_MB_PER_TRIAL)) if heads else None
+
+
+def auto_concurrency(trials: list[TrainConfig], nodes: list[dict], max_nodes: list[dict] | None = None,
+                     head_cap: int | None = None) -> int:
     """How many trials the cluster can run at once (with what an autoscaler may still add):
     whole trials' worth of worker bundles that fit, node by node, with ``DATA_CPUS`` per trial
-    and ``LIST_CPUS`` left free for Ray Data. Trials of different shapes are sized by the largest."""
+    and ``LIST_CPUS`` left free for Ray Data, and no more than the head's memory holds
+    (``head_cap``, see ``head_trial_cap``). Trials of different shapes are sized by the largest."""
     workers = max(t.workers for t in trials)
     per = {"CPU": max(t.cpus_per_worker for t in trials), "GPU": max(t.gpus_per_worker for t in trials)}
 
@@ -439,4 +456,6 @@ def auto_concurrency(trials: list[TrainConfig], nodes: list[dict], max_nodes: li
     drivers = sum(n.get(DRIVER_RESOURCE, 0) for n in nodes)
     if drivers >= 1:
         slots = min(slots, int(drivers))
+    if head_cap:
+        slots = min(slots, head_cap)
     return max(1, min(slots, len(trials)))

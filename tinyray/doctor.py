@@ -144,7 +144,7 @@ def shapes_of(trials) -> list[tuple[float, float]]:
 
 
 def run_probes(shapes: list[tuple[float, float]], data: str | None, endpoint_url: str | None,
-               timeout: float | None = None) -> tuple[list[dict], list[str]]:
+               timeout: float | None = None, autoscaling: bool = False) -> tuple[list[dict], list[str]]:
     """One probe per shape, each bounded. Returns (rows, failure lines)."""
     import ray
 
@@ -171,11 +171,15 @@ def run_probes(shapes: list[tuple[float, float]], data: str | None, endpoint_url
         row["shape"] = f"{cpus:g} CPU" + (f" + {gpus:g} GPU" if gpus else "")
         rows.append(row)
         failures += [f"{row['shape']} node {row['node']}: {f}" for f in row["failures"]]
+    if pending:
+        from tinyray.cluster import autoscaler_status, launch_failures, resource_wait_line
+
+        why = launch_failures(autoscaler_status())  # an IAM denial or no capacity, named
     for ref, (cpus, gpus) in pending.items():
         ray.cancel(ref, force=True)
         shape = f"{cpus:g} CPU" + (f" + {gpus:g} GPU" if gpus else "")
-        failures.append(f"no node with {shape} came up within {timeout:g} s (TINYRAY_RESOURCE_TIMEOUT): "
-                        f"check `ray status` and the autoscaler's log on the head")
+        failures.append(resource_wait_line(timeout, [{"CPU": cpus, "GPU": gpus}], why, autoscaling,
+                                           who="the probe"))
         rows.append({"shape": shape, "node": "none", "failures": ["did not come up"]})
     return rows, failures
 
@@ -202,10 +206,10 @@ def table(rows: list[dict]) -> str:
     return "\n".join([line(cols), line(["-" * w for w in widths]), *[line(r) for r in cells]])
 
 
-def preflight(trials, data: str, endpoint_url: str | None) -> None:
+def preflight(trials, data: str, endpoint_url: str | None, autoscaling: bool = False) -> None:
     """The main job's check, once before Tune starts: one probe per worker shape; one line if any
     fails. The versions on the nodes must be the driver's (a node built from another image)."""
-    rows, failures = run_probes(shapes_of(trials), data, endpoint_url)
+    rows, failures = run_probes(shapes_of(trials), data, endpoint_url, autoscaling=autoscaling)
     mine = versions()
     for row in rows:
         for name in ("ray", "tensorflow", "tf-keras"):

@@ -528,8 +528,8 @@ def run_sweep(cfg: SweepConfig, data: str, opts: StorageOptions | None = None, r
 
     from tinyray import cluster
     from tinyray.cluster import (auto_concurrency, check_fits, check_shared_storage, cluster_capacity,
-                                 cluster_nodes, keep_credentials_out_of_tune, running_autoscaler_config,
-                                 trial_resources)
+                                 cluster_nodes, head_trial_cap, keep_credentials_out_of_tune,
+                                 running_autoscaler_config, trial_resources)
     from tinyray.console import epoch_lines_callback, status_table
     from tinyray.data.pipeline import steps_per_epoch
     from tinyray.data.stage import load_manifest
@@ -552,9 +552,10 @@ def run_sweep(cfg: SweepConfig, data: str, opts: StorageOptions | None = None, r
 
     from tinyray.doctor import preflight
 
-    preflight(trials, data, opts.endpoint_url)  # a broken node image stops here, in seconds
-    concurrency = (auto_concurrency(trials, nodes, max_nodes) if cfg.max_concurrent_trials == "auto"
-                   else cfg.max_concurrent_trials)
+    autoscaling = bool(cluster_config or autoscaler or max_nodes)
+    preflight(trials, data, opts.endpoint_url, autoscaling)  # a broken node image stops here, in seconds
+    concurrency = (auto_concurrency(trials, nodes, max_nodes, head_trial_cap(live))
+                   if cfg.max_concurrent_trials == "auto" else cfg.max_concurrent_trials)
     fs, exp_path = storage.filesystem(cfg.storage, opts, ship=True)
     sched = cfg.scheduler
     scheduler = make_scheduler(sched, max(t.epochs for t in trials))
@@ -594,7 +595,7 @@ def run_sweep(cfg: SweepConfig, data: str, opts: StorageOptions | None = None, r
                                            for dist, values in spec.items()), flush=True)
     if not verbose:  # Tune's newer console prints its experiment header even when silent
         os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
-    watch = cluster.ACTIVE_WATCH = cluster.ResourceWatch(autoscaling=bool(cluster_config or autoscaler or max_nodes))
+    watch = cluster.ACTIVE_WATCH = cluster.ResourceWatch(autoscaling=autoscaling)
     try:
         tuner.fit()
     finally:
