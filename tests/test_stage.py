@@ -49,7 +49,7 @@ def test_convertible_files_become_64x64_rgb_jpegs(data, note):
 @pytest.mark.parametrize("data,reason", [
     (b"", "empty file"),
     (encode()[:300], "truncated or corrupt image"),
-    (b"this is not an image at all", "truncated or corrupt image"),
+    (b"this is not an image at all", "not a JPEG or PNG file"),
 ])
 def test_bad_files_are_skipped_with_their_reason(data, reason):
     stored, why, _ = normalise_image(data)
@@ -92,9 +92,9 @@ def test_stage_local_folder_writes_shards_and_manifest(sample_release, tmp_path)
 
 
 def test_staging_twice_gives_byte_identical_output(sample_release, tmp_path):
-    dest = str(tmp_path / "staged")
     snapshot = []
-    for _ in range(2):
+    for n in range(2):
+        dest = str(tmp_path / f"staged{n}")
         stage_dataset(StageConfig(sample_release, dest, rows_per_shard=30, progress=False))
         files = sorted(os.path.relpath(os.path.join(d, f), dest) for d, _, fs in os.walk(dest) for f in fs)
         snapshot.append({f: open(os.path.join(dest, f), "rb").read() for f in files})
@@ -105,13 +105,13 @@ def test_restaging_with_fewer_shards_removes_the_stale_ones(sample_release, tmp_
     dest = str(tmp_path / "staged")
     stage_dataset(StageConfig(sample_release, dest, rows_per_shard=10, progress=False))
     manifest = stage_dataset(StageConfig(sample_release, dest, rows_per_shard=1000, progress=False))
-    assert sorted(os.listdir(os.path.join(dest, "train"))) == ["part-00000.parquet"]
+    assert sorted(os.listdir(dest)) == ["manifest.json", "v2"]  # version 1's 10 train shards are gone
+    assert sorted(os.listdir(os.path.join(dest, "v2", "train"))) == ["part-00000.parquet"]
     assert len(manifest["train"]["shards"]) == 1
 
 
-def test_interrupted_run_leaves_no_manifest(sample_release, tmp_path, monkeypatch):
+def test_an_interrupted_first_staging_leaves_no_manifest(sample_release, tmp_path, monkeypatch):
     dest = str(tmp_path / "staged")
-    stage_dataset(StageConfig(sample_release, dest, rows_per_shard=10, progress=False))
     calls = {"n": 0}
     real = stage_mod.normalise_image
 
@@ -206,8 +206,9 @@ def test_only_where_the_store_is_may_travel_never_a_key():
     assert embedded.public_env() == {"AWS_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_REGION": "us-east-1",
                                      EMBEDDED_MARKER: "1"}
     assert StorageOptions.from_env(env=embedded.public_env()) == embedded
-    # a node's own keys win over the marker
-    assert StorageOptions.from_env(env={**embedded.public_env(), **env}).secret_key == "SECRET-VALUE"
+    # the marker wins over a node's own keys: those are for real AWS, and the embedded store
+    # takes only requests signed with its own (private_s3); a node's keys never go to it
+    assert StorageOptions.from_env(env={**env, **embedded.public_env()}) == embedded
 
 
 # ------------------------------------------------------------------ the CLI, as a user runs it

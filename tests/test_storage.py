@@ -36,8 +36,9 @@ def test_with_no_region_set_a_bucket_is_used_in_its_own_region():
     import boto3
 
     with EmbeddedS3(bucket=None) as s3:
-        keys = {"AWS_ENDPOINT_URL": s3.endpoint_url, "AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s"}
-        boto3.client("s3", endpoint_url=s3.endpoint_url, aws_access_key_id="k", aws_secret_access_key="s",
+        key, secret = s3.ACCESS_KEY, s3.SECRET_KEY  # the only keys it takes (private_s3)
+        keys = {"AWS_ENDPOINT_URL": s3.endpoint_url, "AWS_ACCESS_KEY_ID": key, "AWS_SECRET_ACCESS_KEY": secret}
+        boto3.client("s3", endpoint_url=s3.endpoint_url, aws_access_key_id=key, aws_secret_access_key=secret,
                      region_name="eu-west-1").create_bucket(
             Bucket="in-ireland", CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
         opts = StorageOptions.from_env(env=keys)
@@ -58,6 +59,6 @@ def test_a_missing_bucket_is_one_line_when_its_region_is_asked():
     from tinyray.errors import TinyrayError
 
     with EmbeddedS3(bucket=None) as s3:
-        opts = StorageOptions(s3.endpoint_url, "k", "s")
+        opts = StorageOptions(s3.endpoint_url, s3.ACCESS_KEY, s3.SECRET_KEY)
         with pytest.raises(TinyrayError, match="bucket 'nowhere' does not exist"):
             bucket_region("nowhere", opts)

@@ -62,7 +62,9 @@ def _cmd_data_stage(args) -> int:
     from tinyray.data.storage import StorageOptions
 
     cfg = StageConfig(args.src, args.dest, rows_per_shard=args.rows_per_shard,
-                      skip_bad_labels=args.skip_bad_labels, progress=not args.quiet)
+                      skip_bad_labels=args.skip_bad_labels, progress=not args.quiet,
+                      keep_previous=args.keep_previous, max_bytes=args.max_bytes, allow_http=args.allow_http,
+                      sha256=args.sha256)
     manifest = stage_dataset(cfg, StorageOptions.from_env(args.endpoint_url))
     for item in manifest["skipped"]:
         print(f"skipped {item['file']}: {item['reason']}", file=sys.stderr)
@@ -101,6 +103,12 @@ def _register_data(sub) -> None:
     p.add_argument("--skip-bad-labels", action="store_true",
                    help="skip (and list) val annotations naming a wnid not in wnids.txt instead of failing")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--keep-previous", action="store_true",
+                   help="keep the shards of the dataset this replaces (runs still reading it go on)")
+    p.add_argument("--max-bytes", type=int, metavar="N",
+                   help="the largest file to read: one release file (default 64 MiB) and a download (default 1 GiB)")
+    p.add_argument("--sha256", metavar="HEX", help="the download's expected SHA-256; anything else is refused")
+    p.add_argument("--allow-http", action="store_true", help="allow a plain-http SRC (https is the default rule)")
     p.set_defaults(func=_cmd_data_stage)
 
     p = data.add_parser("sample", help="write a small learnable dataset in the release layout")

@@ -44,6 +44,11 @@ class TrainResult:
 # note of issue 13 (TensorFlow's import is ~3 s of CPU per process on this machine).
 
 
+# How long the workers have to report their addresses and take TF_CONFIG (each is a plain
+# method call on a started actor: seconds, unless its node is gone).
+BACKEND_START_TIMEOUT = 120
+
+
 def _set_tf_config(addresses: list[str], index: int) -> None:
     import os
 
@@ -60,9 +65,17 @@ def _backend_classes():
             from ray._common.network_utils import build_address
             from ray.train._internal.utils import get_address_and_port
 
-            addresses = worker_group.execute(lambda: build_address(*get_address_and_port()))
-            ray.get([worker_group.execute_single_async(i, _set_tf_config, addresses=addresses, index=i)
-                     for i in range(len(worker_group))])
+            # Bounded: a worker that never answers (its node lost mid-start) is an error Train
+            # retries as a worker-group failure, not a controller that waits for ever.
+            try:
+                addresses = ray.get(worker_group.execute_async(lambda: build_address(*get_address_and_port())),
+                                    timeout=BACKEND_START_TIMEOUT)
+                ray.get([worker_group.execute_single_async(i, _set_tf_config, addresses=addresses, index=i)
+                         for i in range(len(worker_group))], timeout=BACKEND_START_TIMEOUT)
+            except ray.exceptions.GetTimeoutError:
+                raise RuntimeError(f"the {len(worker_group)} Train workers did not all answer within "
+                                   f"{BACKEND_START_TIMEOUT} s while TF_CONFIG was set (a node lost or "
+                                   f"overloaded)") from None
 
     class MWMSConfig(BackendConfig):
         """TF_CONFIG for MultiWorkerMirroredStrategy on each worker (as Ray's TensorflowConfig)."""

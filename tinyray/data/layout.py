@@ -15,12 +15,20 @@ from __future__ import annotations
 import os
 import re
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 
 from tinyray.errors import TinyrayError
 
 RELEASE_DIR = "tiny-imagenet-200"
 IMAGE_SUFFIXES = (".jpeg", ".jpg")
+# The largest single file read from a release (a zip member or a file of the folder), checked
+# before it is read: a release image is ~2 KB and words.txt 2.6 MB. ``--max-bytes`` raises it.
+MAX_MEMBER_BYTES = 64 * 2**20
+
+
+class MemberError(ValueError):
+    """A file of the release that cannot be read: over the size cap, or a corrupt zip member."""
 
 
 @dataclass(frozen=True)
@@ -117,8 +125,9 @@ def is_image_name(name: str) -> bool:
 class ReleaseFiles:
     """Read-only access to a release, from its folder or from the zip, by root-relative path."""
 
-    def __init__(self, src: str):
+    def __init__(self, src: str, max_bytes: int = MAX_MEMBER_BYTES):
         self.src = src
+        self.max_bytes = max_bytes
         self._zip = None
         if os.path.isdir(src):
             root = src
@@ -127,7 +136,10 @@ class ReleaseFiles:
             self._root = root
             self._names = None
         elif os.path.isfile(src) and zipfile.is_zipfile(src):
-            self._zip = zipfile.ZipFile(src)
+            try:
+                self._zip = zipfile.ZipFile(src)
+            except (zipfile.BadZipFile, OSError, ValueError) as e:
+                raise TinyrayError(f"{src} is not a readable zip file ({e})") from None
             names = [n for n in self._zip.namelist() if not n.endswith("/")]
             prefix = ""
             if not any(n == "wnids.txt" for n in names):
@@ -151,12 +163,29 @@ class ReleaseFiles:
             return self.read_bytes(rel).decode("utf-8", errors="replace")
         except (FileNotFoundError, KeyError):
             raise TinyrayError(f"{rel} is missing from {self.src}: it is not a Tiny ImageNet release ({what})") from None
+        except MemberError as e:
+            raise TinyrayError(f"{rel} in {self.src}: {e}") from None
 
     def read_bytes(self, rel: str) -> bytes:
+        """The file's bytes; MemberError if it is over ``max_bytes`` (checked before reading:
+        a zip member is read no further than its declared size) or a corrupt zip member."""
         if self._zip is None:
-            with open(os.path.join(self._root, rel), "rb") as f:
-                return f.read()
-        return self._zip.read(self._prefix + rel)
+            path = os.path.join(self._root, rel)
+            self._check_size(os.path.getsize(path))
+            with open(path, "rb") as f:
+                return f.read(self.max_bytes + 1)
+        info = self._zip.getinfo(self._prefix + rel)
+        self._check_size(info.file_size)
+        try:
+            return self._zip.read(info)
+        except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError, ValueError) as e:
+            # a bad CRC, a broken deflate stream, an encrypted or unsupported member
+            raise MemberError(f"corrupt zip member ({str(e).splitlines()[0][:100] or type(e).__name__})") from None
+
+    def _check_size(self, size: int) -> None:
+        if size > self.max_bytes:
+            raise MemberError(f"{size:,} bytes is over the {self.max_bytes:,}-byte cap per file "
+                              f"(--max-bytes raises it)")
 
     def list_images(self, folder: str) -> list[str]:
         """Image files directly inside ``folder`` (root-relative), sorted."""

@@ -19,7 +19,6 @@ count every val image exactly once per evaluation.
 """
 from __future__ import annotations
 
-import io
 import zlib
 from dataclasses import dataclass
 
@@ -54,13 +53,12 @@ class IngestConfig:
 def decode_image(data: bytes) -> np.ndarray:
     """One image file's bytes → uint8 (64, 64, 3): RGB (grayscale becomes 3 equal channels),
     resized if another size. Raises ValueError with the reason for bytes that are not an image."""
-    from PIL import Image, UnidentifiedImageError
+    from tinyray.data.images import open_image
 
     try:
-        img = Image.open(io.BytesIO(data))
-        img.load()
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
-        raise ValueError(f"not a readable image ({str(e).splitlines()[0][:120] or type(e).__name__})") from None
+        img = open_image(data)  # JPEG or PNG within the pixel budget
+    except ValueError as e:
+        raise ValueError(f"not a readable image: {e}") from None
     if img.mode != "RGB":
         img = img.convert("RGB")
     if img.size != (IMAGE_SIZE, IMAGE_SIZE):  # staging re-encodes these; belt and braces

@@ -1,19 +1,26 @@
 """Stage a Tiny ImageNet release once as Parquet shards in object storage.
 
 120,000 small JPEGs read one object at a time from S3 is the slow path (ray-project/ray#26383,
-#38023, #40686), so tinyray packs them: ``DEST/{train,val}/part-NNNNN.parquet`` with columns
-``image`` (the JPEG bytes as stored), ``label``, ``wnid``, ``file``, and ``DEST/manifest.json``.
+#38023, #40686), so tinyray packs them: ``DEST/v<N>/{train,val}/part-NNNNN.parquet`` with
+columns ``image`` (the JPEG bytes as stored), ``label``, ``wnid``, ``file``, and
+``DEST/manifest.json``, which names the shards.
 
-The manifest is deleted first and written last, so an interrupted run never leaves a manifest
-that points at missing or partial shards. Examples are shuffled with a fixed seed before
-sharding (each shard holds every class, so any split of shards across workers is balanced), and
-nothing time-dependent is written: staging twice gives byte-identical output.
+A re-staging writes version N+1 beside version N and replaces the manifest last, so a good
+dataset is never lost to an interrupted one; version N's shards go once the new manifest is in
+place (``--keep-previous`` keeps them). Everything read from the release is bounded first: each
+file's size (``layout.MAX_MEMBER_BYTES``), each image's format and pixels (``images``), a
+download's size, time and digest. Examples are shuffled with a fixed seed before sharding (each
+shard holds every class, so any split of shards across workers is balanced), and nothing
+time-dependent is written: staging the same release twice into a new DEST gives byte-identical
+output.
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
+import re
 import sys
 import time
 import urllib.request
@@ -22,12 +29,18 @@ from dataclasses import dataclass
 import numpy as np
 
 from tinyray.data import storage
-from tinyray.data.layout import Example, ReleaseFiles, scan_release
+from tinyray.data.layout import MAX_MEMBER_BYTES, Example, MemberError, ReleaseFiles, scan_release
 from tinyray.data.storage import StorageOptions
 from tinyray.errors import TinyrayError
 
 MANIFEST = "manifest.json"
 FORMAT = "tinyray.staged/v1"
+# The release zip is 248 MB; a download is refused past this unless --max-bytes raises it.
+MAX_DOWNLOAD_BYTES = 2**30
+# A download that sends nothing for this long is given up (seconds; TINYRAY_DOWNLOAD_TIMEOUT).
+DOWNLOAD_TIMEOUT = 60
+# A staged shard, under a dataset version's prefix (or at DEST's top, as before versions).
+SHARD_PATH = re.compile(r"(v\d+/)?(train|val)/part-\d{5}\.parquet")
 IMAGE_SIZE = 64
 SPLITS = ("train", "val")
 
@@ -40,10 +53,26 @@ class StageConfig:
     skip_bad_labels: bool = False
     shuffle_seed: int = 0
     progress: bool = True
+    keep_previous: bool = False  # keep the shards of the dataset this staging replaces
+    max_bytes: int | None = None  # raises both caps below: one release file, one download
+    allow_http: bool = False  # a plain-http SRC (its bytes can be changed on the way)
+    sha256: str | None = None  # the download's expected digest, checked before it is used
 
     def __post_init__(self):
         if self.rows_per_shard < 1:
             raise TinyrayError("--rows-per-shard must be at least 1")
+        if self.max_bytes is not None and self.max_bytes < 1:
+            raise TinyrayError("--max-bytes must be at least 1")
+        if self.sha256 is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", self.sha256):
+            raise TinyrayError(f"--sha256 must be 64 hex digits, got {self.sha256!r}")
+
+    @property
+    def member_cap(self) -> int:
+        return self.max_bytes or MAX_MEMBER_BYTES
+
+    @property
+    def download_cap(self) -> int:
+        return self.max_bytes or MAX_DOWNLOAD_BYTES
 
 
 def normalise_image(data: bytes) -> tuple[bytes | None, str | None, bool]:
@@ -51,18 +80,18 @@ def normalise_image(data: bytes) -> tuple[bytes | None, str | None, bool]:
 
     A good 64x64 RGB or grayscale JPEG is stored as it is (grayscale becomes RGB when decoded).
     A PNG or CMYK file named .JPEG, or an image of another size, is re-encoded as a 64x64 RGB
-    JPEG with a note. An empty, truncated or undecodable file is skipped with its reason.
+    JPEG with a note. An empty, truncated or undecodable file, any other format and an image
+    over the pixel budget (``images.open_image``) are skipped with the reason.
     """
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
-    if not data:
-        return None, "empty file", False
+    from tinyray.data.images import open_image
+
     try:
-        img = Image.open(io.BytesIO(data))
-        fmt, mode = img.format, img.mode
-        img.load()  # decodes fully: a truncated JPEG raises here
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        return None, f"truncated or corrupt image ({str(e).splitlines()[0][:80]})", False
+        img = open_image(data)
+    except ValueError as e:
+        return None, str(e), False
+    fmt, mode = img.format, img.mode
     notes = []
     if fmt != "JPEG":
         notes.append(f"{fmt or 'unknown'} file named .JPEG")
@@ -119,45 +148,117 @@ class _Progress:
             print(f"{self.label}: {done}/{self.total} images", file=sys.stderr, flush=True)
 
 
-def _fetch_release(src: str) -> str:
-    """A local path for SRC: itself, or the zip downloaded once into ~/.cache/tinyray."""
+def _fetch_release(cfg: StageConfig) -> str:
+    """A local path for ``cfg.src``: itself, or the zip downloaded once into ~/.cache/tinyray.
+
+    A download is https unless ``allow_http``, bounded in size (``download_cap``, from the
+    server's Content-Length and again while reading) and in silence (``DOWNLOAD_TIMEOUT``), and
+    checked against ``sha256`` when given. The cache is keyed by the URL and the size the server
+    announces, so a changed file at the same URL or another URL with the same name is fetched anew.
+    """
+    src = cfg.src
     if not src.startswith(("http://", "https://")):
         return src
+    if src.startswith("http://") and not cfg.allow_http:
+        raise TinyrayError(f"{src}: plain http can be changed on the way; use https, or --allow-http "
+                           f"(with --sha256 to check what arrives)")
+    timeout = float(os.environ.get("TINYRAY_DOWNLOAD_TIMEOUT") or DOWNLOAD_TIMEOUT)
     cache = os.path.join(os.path.expanduser("~/.cache/tinyray"), "downloads")
     os.makedirs(cache, exist_ok=True)
-    local = os.path.join(cache, os.path.basename(src.split("?")[0]) or "release.zip")
-    if not os.path.exists(local):
+    try:
+        response = urllib.request.urlopen(src, timeout=timeout)  # noqa: S310 - scheme checked above
+    except (OSError, ValueError) as e:
+        raise TinyrayError(f"could not download {src}: {getattr(e, 'reason', None) or e}") from None
+    with response:
+        length = response.headers.get("Content-Length")
+        size = int(length) if length and length.isdigit() else None
+        if size is not None and size > cfg.download_cap:
+            raise TinyrayError(f"{src} is {size:,} bytes, over the {cfg.download_cap:,}-byte download cap "
+                               f"(--max-bytes raises it)")
+        name = os.path.basename(src.split("?")[0]) or "release.zip"
+        key = hashlib.sha256(src.encode()).hexdigest()[:16]
+        local = os.path.join(cache, f"{key}-{size if size is not None else 'unsized'}-{name}")
+        if size is not None and os.path.exists(local) and os.path.getsize(local) == size:
+            _check_digest(local, cfg.sha256, src, remove=False)
+            return local
+        part = f"{local}.part-{os.getpid()}"  # per process: two stagings never share one
         print(f"downloading {src} ...", file=sys.stderr)
+        digest, got = hashlib.sha256(), 0
         try:
-            urllib.request.urlretrieve(src, local + ".part")
-        except OSError as e:
-            raise TinyrayError(f"could not download {src}: {e}") from None
-        os.replace(local + ".part", local)
+            with open(part, "wb") as out:
+                while chunk := response.read(1 << 20):
+                    got += len(chunk)
+                    if got > cfg.download_cap:
+                        raise TinyrayError(f"{src} sent more than the {cfg.download_cap:,}-byte download cap "
+                                           f"(--max-bytes raises it)")
+                    digest.update(chunk)
+                    out.write(chunk)
+            if size is not None and got != size:
+                raise TinyrayError(f"{src} sent {got:,} of its {size:,} bytes: the download was cut; try again")
+            if cfg.sha256 and digest.hexdigest() != cfg.sha256.lower():
+                raise TinyrayError(f"{src} has sha256 {digest.hexdigest()}, not the {cfg.sha256.lower()} "
+                                   f"given with --sha256: not used")
+        except OSError as e:  # a stalled or dropped connection (socket timeout included)
+            _remove(part)
+            raise TinyrayError(f"could not download {src}: {e or type(e).__name__} "
+                               f"(nothing arrived for {timeout:g} s, or the connection dropped)") from None
+        except BaseException:
+            _remove(part)
+            raise
+    os.replace(part, local)
     return local
 
 
+def _check_digest(path: str, sha256: str | None, src: str, remove: bool) -> None:
+    if not sha256:
+        return
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    if digest.hexdigest() != sha256.lower():
+        if remove:
+            _remove(path)
+        raise TinyrayError(f"{src} (cached at {path}) has sha256 {digest.hexdigest()}, not the {sha256.lower()} "
+                           f"given with --sha256: not used")
+
+
+def _remove(path: str) -> None:
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        pass
+
+
 def stage_dataset(cfg: StageConfig, opts: StorageOptions | None = None) -> dict:
-    """Stage the release at ``cfg.src`` into ``cfg.dest`` and return the manifest."""
+    """Stage the release at ``cfg.src`` into ``cfg.dest`` and return the manifest.
+
+    The shards go under a new version prefix (``DEST/v<N>/``, N one more than the dataset being
+    replaced) and the manifest that points at them is written last, so the previous dataset stays
+    whole and readable until the new one is; only then are the previous shards removed (unless
+    ``keep_previous``), along with any left by an interrupted staging."""
     opts = opts or StorageOptions.from_env()
     started = time.monotonic()
-    files = ReleaseFiles(_fetch_release(cfg.src))
+    files = ReleaseFiles(_fetch_release(cfg), max_bytes=cfg.member_cap)
     try:
         release = scan_release(files, skip_bad_labels=cfg.skip_bad_labels)
         storage.check_writable(cfg.dest, opts)
         fs, root = storage.filesystem(cfg.dest, opts)
-        _delete(fs, f"{root}/{MANIFEST}", cfg.dest, opts)
+        previous = _previous(cfg.dest, opts)
+        version = int((previous or {}).get("version", 0)) + 1
 
         skipped = list(release.skipped)
         converted: list[dict] = []
         splits = {}
         for split, examples in (("train", release.train), ("val", release.val)):
-            splits[split] = _write_split(files, fs, root, split, shuffled(examples, cfg.shuffle_seed),
+            splits[split] = _write_split(files, fs, root, f"v{version}/{split}", shuffled(examples, cfg.shuffle_seed),
                                          cfg, skipped, converted, opts)
     finally:
         files.close()
 
     manifest = {
         "format": FORMAT,
+        "version": version,
         "image_shape": [IMAGE_SIZE, IMAGE_SIZE, 3],
         "columns": {"image": "JPEG bytes as stored", "label": "int32 index into classes",
                     "wnid": "class id", "file": "path in the release"},
@@ -168,6 +269,8 @@ def stage_dataset(cfg: StageConfig, opts: StorageOptions | None = None) -> dict:
     }
     storage.write_bytes(storage.join(cfg.dest, MANIFEST),
                         json.dumps(manifest, indent=1, sort_keys=True).encode(), opts)
+    keep = _shard_paths(manifest) | (_shard_paths(previous) if previous and cfg.keep_previous else set())
+    removed = _remove_unlisted_shards(fs, root, keep, cfg.dest, opts)
     seconds = time.monotonic() - started
     total_bytes = sum(s["bytes"] for s in splits.values())
     print(
@@ -177,23 +280,43 @@ def stage_dataset(cfg: StageConfig, opts: StorageOptions | None = None) -> dict:
         f"{sum(len(s['shards']) for s in splits.values())} shards, {seconds:.1f} s",
         file=sys.stderr,
     )
+    if previous:
+        kept = f"kept version {previous.get('version', 0)} (--keep-previous); " if cfg.keep_previous else ""
+        print(f"dataset version {version} replaces version {previous.get('version', 0)}: {kept}"
+              f"{removed} old shard(s) removed", file=sys.stderr)
     return manifest
 
 
-def _write_split(files, fs, root, split, examples, cfg, skipped, converted, opts) -> dict:
+def _previous(dest: str, opts: StorageOptions) -> dict | None:
+    """The manifest this staging replaces, or None (none there, or not one tinyray can read)."""
+    try:
+        return load_manifest(dest, opts)
+    except TinyrayError:
+        return None
+
+
+def _shard_paths(manifest: dict) -> set[str]:
+    return {s["path"] for split in SPLITS for s in manifest.get(split, {}).get("shards", [])}
+
+
+def _write_split(files, fs, root, folder, examples, cfg, skipped, converted, opts) -> dict:
+    """Write ``examples`` as shards under ``root/folder`` (``v<N>/train``); their manifest entry."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     schema = pa.schema([("image", pa.binary()), ("label", pa.int32()),
                         ("wnid", pa.string()), ("file", pa.string())])
-    progress = _Progress(split, len(examples), cfg.progress)
+    progress = _Progress(folder.rsplit("/", 1)[-1], len(examples), cfg.progress)
     shards, count, gray, nbytes, done = [], 0, 0, 0, 0
     if not storage.is_s3(cfg.dest):
-        fs.create_dir(f"{root}/{split}", recursive=True)
+        fs.create_dir(f"{root}/{folder}", recursive=True)
     for start, end in shard_ranges(len(examples), cfg.rows_per_shard):
         cols = {"image": [], "label": [], "wnid": [], "file": []}
         for ex in examples[start:end]:
-            stored, note, is_gray = normalise_image(files.read_bytes(ex.file))
+            try:
+                stored, note, is_gray = normalise_image(files.read_bytes(ex.file))
+            except MemberError as e:  # too large to read, or a corrupt zip member: listed like a bad image
+                stored, note, is_gray = None, str(e), False
             done += 1
             progress.update(done)
             if stored is None:
@@ -206,7 +329,7 @@ def _write_split(files, fs, root, split, examples, cfg, skipped, converted, opts
             cols["label"].append(ex.label)
             cols["wnid"].append(ex.wnid)
             cols["file"].append(ex.file)
-        name = f"{split}/part-{len(shards):05d}.parquet"
+        name = f"{folder}/part-{len(shards):05d}.parquet"
         table = pa.table(cols, schema=schema)
         try:
             # JPEG bytes do not compress; skipping compression saves CPU on read.
@@ -218,33 +341,34 @@ def _write_split(files, fs, root, split, examples, cfg, skipped, converted, opts
         count += table.num_rows
         nbytes += size
     progress.update(len(examples))
-    _remove_stale_shards(fs, root, split, {s["path"] for s in shards}, cfg.dest, opts)
     return {"count": count, "grayscale": gray, "bytes": nbytes, "shards": shards}
 
 
-def _remove_stale_shards(fs, root, split, keep, dest, opts) -> None:
-    """Shards left from an earlier, larger staging into the same DEST are deleted."""
+def _remove_unlisted_shards(fs, root, keep: set[str], dest, opts) -> int:
+    """Delete every shard under DEST that ``keep`` does not list: the replaced dataset's, and
+    what an interrupted staging left. Only files named as tinyray names shards are touched."""
     import pyarrow.fs as pafs
 
     try:
-        infos = fs.get_file_info(pafs.FileSelector(f"{root}/{split}", allow_not_found=True))
+        infos = fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))
+        removed, emptied = 0, set()
+        for info in infos:
+            rel = info.path[len(root) + 1:]
+            if info.type == pafs.FileType.File and SHARD_PATH.fullmatch(rel) and rel not in keep:
+                fs.delete_file(info.path)
+                removed += 1
+                emptied.add(os.path.dirname(rel))
     except OSError as e:
         raise storage.explain_s3_error(e, dest, opts) from None
-    for info in infos:
-        rel = info.path[len(root) + 1:]
-        if info.type == pafs.FileType.File and rel.endswith(".parquet") and rel not in keep:
-            fs.delete_file(info.path)
-
-
-def _delete(fs, path, dest, opts) -> None:
-    try:
-        fs.delete_file(path)
-    except FileNotFoundError:
-        pass
-    except OSError as e:
-        if "does not exist" in str(e) or "NoSuchKey" in str(e) or "Path does not exist" in str(e):
-            return
-        raise storage.explain_s3_error(e, dest, opts) from None
+    if not storage.is_s3(dest):  # a local DEST keeps no empty v<N>/train folders (S3 has no folders)
+        for folder in sorted(emptied, key=len, reverse=True):
+            for path in (os.path.join(root, folder), os.path.dirname(os.path.join(root, folder))):
+                if path != root:
+                    try:
+                        os.rmdir(path)
+                    except OSError:  # not empty: the other split, or a kept version
+                        pass
+    return removed
 
 
 def load_manifest(data_uri: str, opts: StorageOptions | None = None) -> dict:

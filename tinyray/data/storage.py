@@ -24,8 +24,9 @@ _ENV_KEYS = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "
 # Those that may travel to other processes (Ray's runtime env): never a credential. Ray logs a
 # runtime env in full (runtime_env_agent.log) and serves it on the dashboard and the state API.
 PUBLIC_ENV_KEYS = ("AWS_ENDPOINT_URL", "AWS_REGION")
-# The embedded store's keys: fixed, public, local-only (it accepts any). A worker that sees the
-# marker in its environment uses them; they are the only keys that may travel.
+# The embedded store's keys: fixed, public, local-only (it takes only requests signed with them,
+# and no browser can send one: private_s3). A worker that sees the marker in its environment uses
+# them; they are the only keys that may travel.
 EMBEDDED_KEYS = ("tinyray-local", "tinyray-local-secret")
 EMBEDDED_MARKER = "TINYRAY_EMBEDDED_S3"
 DEFAULT_REGION = "us-east-1"
@@ -48,7 +49,9 @@ class StorageOptions:
         env = os.environ if env is None else env
         keys = (env.get("AWS_ACCESS_KEY_ID") or None, env.get("AWS_SECRET_ACCESS_KEY") or None)
         token = env.get("AWS_SESSION_TOKEN") or env.get("AWS_SECURITY_TOKEN") or None
-        if not any(keys) and env.get(EMBEDDED_MARKER) == "1":
+        if env.get(EMBEDDED_MARKER) == "1":
+            # the store is the embedded one (the marker travels only with its endpoint): its keys,
+            # never the node's own, which are for real AWS and would be refused there anyway
             keys, token = EMBEDDED_KEYS, None
         opts = cls(
             endpoint_url=endpoint_url or env.get("AWS_ENDPOINT_URL") or None,
@@ -86,7 +89,8 @@ class StorageOptions:
 
     @property
     def embedded(self) -> bool:
-        """Signs in with the embedded store's keys: public, local-only values (it accepts any)."""
+        """Signs in with the embedded store's keys: public, local-only values (the store takes
+        only requests signed with them)."""
         return (self.access_key, self.secret_key) == EMBEDDED_KEYS
 
     def describe(self) -> str:
@@ -267,12 +271,19 @@ def read_bytes(uri: str, opts: StorageOptions) -> bytes:
 
 
 def write_bytes(uri: str, data: bytes, opts: StorageOptions) -> None:
+    """Write ``data`` whole or not at all: an S3 PUT is atomic; a local file is written beside
+    its place under a name of this process and renamed over it."""
     fs, path = filesystem(uri, opts)
     try:
-        if not is_s3(uri):
-            fs.create_dir(os.path.dirname(path), recursive=True)
-        with fs.open_output_stream(path) as f:
+        if is_s3(uri):
+            with fs.open_output_stream(path) as f:
+                f.write(data)
+            return
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.tmp-{os.getpid()}"
+        with open(tmp, "wb") as f:
             f.write(data)
+        os.replace(tmp, path)
     except OSError as e:
         raise explain_s3_error(e, uri, opts) from None
 
@@ -295,23 +306,64 @@ def upload_dir(local: str, uri: str, opts: StorageOptions) -> None:
 
 
 def fetch_to_cache(uri: str, opts: StorageOptions | None = None) -> str:
-    """Download an ``s3://`` object once into ~/.cache/tinyray and return the local path (Keras
-    loads weights from a local file only)."""
+    """An ``s3://`` object as a local file in ~/.cache/tinyray (Keras loads weights from a local
+    file only), fetched again whenever the object's size or ETag differ from the cached copy's.
+
+    Several processes on a node (one per GPU) may fetch at once: each writes its own temporary
+    file, checks its size, and renames it into place; the last rename wins with identical bytes.
+    The object is read with ``IfMatch`` on the ETag it was sized by, so a file replaced mid-read
+    is refused rather than mixed."""
+    import uuid
+
     opts = opts or StorageOptions.from_env()
+    bucket, key = split_s3(uri)
+    client = s3_client(opts, bucket=bucket)
+    try:
+        head = client.head_object(Bucket=bucket, Key=key)
+    except Exception as e:  # noqa: BLE001 - a missing object or no access: one line
+        if "404" in str(e) or "Not Found" in str(e):
+            raise TinyrayError(f"{uri} does not exist at {opts.describe()}") from None
+        raise explain_s3_error(e, uri, opts) from None
+    size, etag = int(head["ContentLength"]), head.get("ETag", "").strip('"')
     digest = hashlib.sha256(f"{opts.endpoint_url}|{uri}".encode()).hexdigest()[:16]
     cache = os.path.join(os.path.expanduser("~/.cache/tinyray"), digest)
     local = os.path.join(cache, os.path.basename(uri.rstrip("/")) or "object")
-    if not os.path.exists(local):
-        try:
-            data = read_bytes(uri, opts)
-        except FileNotFoundError:
-            raise TinyrayError(f"{uri} does not exist at {opts.describe()}") from None
-        os.makedirs(cache, exist_ok=True)
-        tmp = local + ".part"
+    stamp = f"{size} {etag}"
+    if os.path.exists(local) and os.path.getsize(local) == size and _read_text(local + ".etag") == stamp:
+        return local
+    os.makedirs(cache, exist_ok=True)
+    tmp = f"{local}.part-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        body = client.get_object(Bucket=bucket, Key=key, IfMatch=head["ETag"])["Body"]
+        got = 0
         with open(tmp, "wb") as f:
-            f.write(data)
+            while chunk := body.read(1 << 20):
+                got += len(chunk)
+                f.write(chunk)
+        if got != size:
+            raise TinyrayError(f"{uri}: read {got:,} of its {size:,} bytes; not used (try again)")
         os.replace(tmp, local)
+        with open(tmp, "w") as f:  # the stamp, renamed into place the same way
+            f.write(stamp)
+        os.replace(tmp, local + ".etag")
+    except TinyrayError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a changed object (IfMatch) or a dropped read: one line
+        if "PreconditionFailed" in str(e) or "412" in str(e):
+            raise TinyrayError(f"{uri} changed while it was read; not used (try again)") from None
+        raise explain_s3_error(e, uri, opts) from None
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
     return local
+
+
+def _read_text(path: str) -> str | None:
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return None
 
 
 # ----------------------------------------------------------------------- the embedded endpoint
@@ -325,7 +377,8 @@ class EmbeddedS3:
             opts = s3.options          # endpoint URL + credentials
             os.environ.update(s3.env)  # or export them for other processes
 
-    Credentials are fixed, local-only values: the embedded store accepts any.
+    Its keys are fixed, local-only values, and it serves only requests signed with them, with no
+    CORS (``private_s3``): no web page the user opens can reach it.
     """
 
     ACCESS_KEY, SECRET_KEY = EMBEDDED_KEYS
@@ -336,27 +389,42 @@ class EmbeddedS3:
         self._server = None
 
     def start(self) -> "EmbeddedS3":
+        """Bind 127.0.0.1:port (0: any free one) and serve in a thread. A port that cannot be
+        bound is one line at once (moto's own threaded server waits for ever on that)."""
         import logging
+        import threading
 
-        from moto.server import ThreadedMotoServer
+        from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
+        from werkzeug.serving import make_server
+
+        from tinyray.data.private_s3 import PrivateEndpoint
 
         # werkzeug logs every request to stderr; the store's users want their own output.
         logging.getLogger("werkzeug").setLevel(logging.ERROR)
-
-        if self.port:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", self.port)) == 0:
-                    raise TinyrayError(f"port {self.port} on 127.0.0.1 is already in use")
-        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
-        self._server.start()
-        self.port = self._server.get_host_and_port()[1]
+        self.app = PrivateEndpoint(DomainDispatcherApplication(create_backend_app), self.ACCESS_KEY, self.SECRET_KEY)
+        try:
+            if self.port:  # werkzeug prints its own lines and exits on a port in use: ask first
+                with socket.socket() as probe:
+                    probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                    probe.bind(("127.0.0.1", self.port))
+            self._server = make_server("127.0.0.1", self.port, self.app, threaded=True,
+                                       request_handler=MotoRequestHandler)
+        except (OSError, SystemExit) as e:  # werkzeug exits on a port in use
+            raise TinyrayError(f"the embedded S3 endpoint cannot listen on 127.0.0.1:{self.port} "
+                               f"({e if isinstance(e, OSError) else 'address already in use'}): "
+                               f"pick another --port") from None
+        self.port = self._server.server_address[1]
+        self._thread = threading.Thread(target=self._server.serve_forever, name="embedded-s3", daemon=True)
+        self._thread.start()
         if self.bucket:
             s3_client(self.options).create_bucket(Bucket=self.bucket)  # in us-east-1, the options' region
         return self
 
     def stop(self) -> None:
         if self._server is not None:
-            self._server.stop()
+            self._server.shutdown()
+            self._server.server_close()
+            self._thread.join(timeout=10)
             self._server = None
 
     @property
