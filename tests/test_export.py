@@ -264,3 +264,56 @@ def test_the_actor_pool_follows_the_cluster(cluster, pool):
     from tinyray.predict import actor_pool
 
     assert actor_pool(cluster) == pool
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_an_export_is_written_whole_or_not_at_all_and_a_full_destination_needs_force(tmp_path, s3, monkeypatch,
+                                                                                     where):
+    from tinyray.data import storage
+
+    exp = write_experiment(tmp_path)
+    dest = str(tmp_path / "export") if where == "local" else "s3://tinyray/exports/whole"
+    export_model(str(exp), dest, opts=s3.options)
+    storage.write_bytes(storage.join(dest, "stale.txt"), b"from an older export", s3.options)
+    with pytest.raises(TinyrayError, match=r"is not empty: pass --force to replace it whole$"):
+        export_model(str(exp), dest, opts=s3.options)
+    before = {f: storage.read_bytes(storage.join(dest, f), s3.options) for f in storage.list_files(dest, s3.options)}
+
+    # a replacement that fails half-way (the third file of the upload, or of the local copy)
+    calls = {"n": 0}
+
+    def fails_on_the_third(real):
+        def wrapped(*args, **kwargs):
+            calls["n"] += 1
+            if calls["n"] == 3:
+                raise OSError("disk full")
+            return real(*args, **kwargs)
+        return wrapped
+
+    if where == "s3":
+        monkeypatch.setattr(storage, "_put_file", fails_on_the_third(storage._put_file))
+    else:
+        import shutil
+
+        def copies_one_file_then_fails(src, dst, **_):
+            os.makedirs(dst)
+            shutil.copyfile(os.path.join(src, "README.md"), os.path.join(dst, "README.md"))
+            raise OSError("disk full")
+
+        monkeypatch.setattr(shutil, "copytree", copies_one_file_then_fails)
+    with pytest.raises((TinyrayError, OSError)):
+        export_model(str(exp), dest, opts=s3.options, force=True)
+    monkeypatch.undo()
+    after = {f: storage.read_bytes(storage.join(dest, f), s3.options) for f in storage.list_files(dest, s3.options)}
+    assert after == before  # the old export, every byte, and nothing of the new one
+    Export(dest, s3.options)
+
+    out = export_model(str(exp), dest, opts=s3.options, force=True)
+    assert storage.list_files(out, s3.options) == ["README.md", "classes.json", "eval.json", "export.json",
+                                                   "model.keras"]  # replaced whole: no stale file
+    assert Export(out, s3.options).classes[0]["wnid"] == CLASSES[0]["wnid"]
+    if where == "s3":  # no temporary prefix left beside it
+        assert storage.list_files("s3://tinyray/exports", s3.options) == [f"whole/{f}" for f in
+                                                                          storage.list_files(out, s3.options)]
+    else:
+        assert not [n for n in os.listdir(tmp_path) if ".tmp-" in n or ".old-" in n]

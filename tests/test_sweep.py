@@ -262,6 +262,18 @@ def test_auto_concurrency(kw, nodes, max_nodes, expected):
     assert auto_concurrency(trials, nodes, max_nodes) == expected
 
 
+def test_a_resume_may_change_only_what_cannot_change_a_trial():
+    from tinyray.sweep import resume_conflict
+
+    saved = {"name": "g", "max_concurrent_trials": 1, "train": {"lr": 0.001, "epochs": 3},
+             "grid": {"optimizer": ["adam"]}, "scheduler": {"type": "asha"}}
+    assert resume_conflict(saved, {**saved, "max_concurrent_trials": 4}) is None
+    assert resume_conflict(saved, {**saved, "grid": {"optimizer": ["adam", "sgd"]}}) == \
+        'grid.optimizer: was ["adam"], now ["adam", "sgd"]'
+    assert resume_conflict(saved, {**saved, "train": {**saved["train"], "seed": 1}}) == "train.seed: was null, now 1"
+    assert resume_conflict(saved, {**saved, "scheduler": {"type": "fifo"}}) == 'scheduler.type: was "asha", now "fifo"'
+
+
 def test_trials_of_different_shapes_are_sized_by_the_largest():
     trials = SweepConfig(train={"model": "tinycnn"}, grid={"workers": [1, 2], "seed": [0, 1]}).expand("d")
     assert auto_concurrency(trials, [{"CPU": 8}], None) == 3  # 2 workers × 1 CPU + 0.25 per trial
@@ -528,6 +540,9 @@ def test_a_killed_sweep_resumes_and_every_trial_leaves_a_model_that_scores_what_
         time.sleep(1)
     before = finished_trials()
     assert before, "no trial finished in time"
+    # what the finished trial's run folder holds: a rerun that trains nothing must not rewrite it
+    written = {f: open(f, "rb").read() for name in ("result.json", "eval.json", "model/model.keras")
+               for f in glob.glob(str(exp / "train-runs" / "*" / name))}
     # SIGKILL the sweep's driver (the job's entrypoint process), as a crash or an OOM kill would
     import signal
 
@@ -544,6 +559,20 @@ def test_a_killed_sweep_resumes_and_every_trial_leaves_a_model_that_scores_what_
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     after = finished_trials()
     assert len(after) == 2
+    assert len(re.findall(r"^\d+\s+done\s+adam\s+8\s+3/3", out.stdout, re.M)) == 1, out.stdout[-3000:]  # the plan
+    assert written and {f: open(f, "rb").read() for f in written} == written  # not one byte rewritten
+    # a --resume of another sweep into this folder is one line naming the field, before anything runs
+    from tinyray.job import job_sweep
+    from tinyray.sweep import check_resume
+
+    same, _ = job_sweep(str(config), {"data": uri, "storage": str(tmp_path), "max_concurrent_trials": 2})
+    assert check_resume(same, uri, s3.options)["resumes"][-1]["changed"] == {"max_concurrent_trials": [1, 2]}
+    other, _ = job_sweep(str(config), {"data": uri, "storage": str(tmp_path), "lr": 1e-3})
+    with pytest.raises(TinyrayError, match=r"^--resume would change the sweep in .*axes \(train.lr: was 0.003, "
+                                           r"now 0.001\): resume it as it was, or give the new sweep its own --name$"):
+        check_resume(other, uri, s3.options)
+    with pytest.raises(TinyrayError, match=r"\(data: was \"s3://tinyray/staged-sample\", now \"s3://tinyray/else\"\)"):
+        check_resume(same, "s3://tinyray/else", s3.options)
     for f, content in before.items():
         # A finished trial is not trained again. If the job was stopped before Tune recorded its
         # end, Tune starts it once more: its run resumes from the checkpoint that holds every

@@ -83,9 +83,10 @@ def probe_loop(out_dir: str, resume_at: int):
             def on_epoch_end(self, epoch, logs=None):
                 counted[self.names[epoch]] = collective.counts(count)
 
-        model.fit(per_replica_input(strategy, build(0)), epochs=2, steps_per_epoch=steps, verbose=0,
+        # as the worker does: each dataset covers exactly its fit's epochs (two on one shard)
+        model.fit(per_replica_input(strategy, build(0, epochs=2)), epochs=2, steps_per_epoch=steps, verbose=0,
                   callbacks=[Phases({0: "epoch0", 1: "epoch1"})])
-        model.fit(per_replica_input(strategy, build(1, skip=resume_at)), epochs=2, initial_epoch=1,
+        model.fit(per_replica_input(strategy, build(1, skip=resume_at, epochs=1)), epochs=2, initial_epoch=1,
                   steps_per_epoch=steps - resume_at, verbose=0, callbacks=[Phases({1: "resumed"})])
         with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
             json.dump({"seen": seen, "counted": counted}, f)

@@ -212,7 +212,7 @@ def _register_sweep(sub) -> None:
 def _cmd_export(args) -> int:
     from tinyray.export import export_model
 
-    print(f"exported to {export_model(args.experiment, args.to, args.trial)}")
+    print(f"exported to {export_model(args.experiment, args.to, args.trial, force=args.force)}")
     return 0
 
 
@@ -248,6 +248,8 @@ def _register_use(sub) -> None:
     p.add_argument("experiment", metavar="EXPERIMENT", help="the experiment folder: a path or s3://…")
     p.add_argument("--to", required=True, help="the folder to write: a path or s3://…")
     p.add_argument("--trial", help="a trial folder or run name from the report (default: the best val top-1)")
+    p.add_argument("--force", action="store_true",
+                   help="replace what --to holds, whole (without it, a folder that holds files is refused)")
     p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("predict", help="top-k classes for images: files here, folders or s3:// prefixes as Ray "

@@ -112,11 +112,14 @@ def model_card(trial, result: dict, evaluation: dict, experiment: str) -> str:
 
 
 def export_model(experiment: str, dest: str, trial_name: str | None = None,
-                 opts: StorageOptions | None = None) -> str:
-    """Write the chosen trial of ``experiment`` as a self-contained folder at ``dest``; return it."""
+                 opts: StorageOptions | None = None, force: bool = False) -> str:
+    """Write the chosen trial of ``experiment`` as a self-contained folder at ``dest``; return it.
+    A ``dest`` that holds files is refused unless ``force`` (which replaces it whole)."""
     from tinyray.report import load_experiment
 
     opts = opts or StorageOptions.from_env()
+    if not force and storage.list_files(dest, opts):  # before any model is loaded
+        raise TinyrayError(f"{dest} is not empty: pass --force to replace it whole")
     _, trials = load_experiment(experiment, opts)
     trial = choose_trial(trials, trial_name)
     run_dir = storage.join(experiment, "train-runs", TrainConfig.from_dict(trial.config).run_name)
@@ -127,12 +130,13 @@ def export_model(experiment: str, dest: str, trial_name: str | None = None,
     return write_export(dest, with_uint8_input(model), classes, trial.evaluation,
                         model_card(trial, result, trial.evaluation, experiment),
                         {"model": trial.model, "run": result["run"], "experiment": experiment, "trial": trial.trial},
-                        opts)
+                        opts, force)
 
 
 def write_export(dest: str, model, classes: list[dict], evaluation: dict | None, card: str, about: dict,
-                 opts: StorageOptions) -> str:
-    """An export folder from a uint8-input model (see the module docstring); returns ``dest``."""
+                 opts: StorageOptions, force: bool = False) -> str:
+    """An export folder from a uint8-input model (see the module docstring); returns ``dest``.
+    Written whole or not at all, the marker last (``storage.publish_dir``)."""
     with tempfile.TemporaryDirectory() as out:
         model.save(os.path.join(out, "model.keras"))
         files = {"classes.json": {"classes": classes}, EVAL_FILE: evaluation,
@@ -142,7 +146,7 @@ def write_export(dest: str, model, classes: list[dict], evaluation: dict | None,
                 json.dump(doc, f, indent=1)
         with open(os.path.join(out, "README.md"), "w") as f:
             f.write(card)
-        storage.upload_dir(out, dest, opts)
+        storage.publish_dir(out, dest, opts, EXPORT_MARKER, force)
     return dest if storage.is_s3(dest) else storage.local_path(dest)
 
 

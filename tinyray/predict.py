@@ -24,6 +24,8 @@ from tinyray.errors import TinyrayError
 from tinyray.export import EXPORT_MARKER, FORMAT
 
 IMAGE_EXTENSIONS = ("jpeg", "jpg", "png")
+# Batch inference's bound on the wait for each batch of predictions (the actors' start included).
+PREDICT_TIMEOUT = 600
 
 
 class Export:
@@ -172,7 +174,14 @@ def predict_batch(export: Export, sources: list[str], out: str, k: int = 5, opts
         Predictor, fn_constructor_kwargs={"model_bytes": export.model_bytes, "classes": export.classes, "k": k,
                                           "threads": pool["threads"]},
         batch_size=batch_size, concurrency=pool["concurrency"], **resources)
-    table = pa.concat_tables([pa.table(b) for b in ds.iter_batches(batch_format="pyarrow", batch_size=None)]
+    from tinyray.data.pipeline import within
+
+    wait = float(os.environ.get("TINYRAY_PREDICT_TIMEOUT") or PREDICT_TIMEOUT)
+    stalled = lambda: TinyrayError(  # noqa: E731
+        f"no predictions arrived within {wait:g} s (TINYRAY_PREDICT_TIMEOUT): the {pool['concurrency']} predict "
+        f"actor(s) could not start or the images could not be read (see `ray status`)")
+    batches = within(ds.iter_batches(batch_format="pyarrow", batch_size=None), wait, stalled)
+    table = pa.concat_tables([pa.table(b) for b in batches]
                              or [pa.table(prediction_rows([], [], [], None, export.classes, k))])
     files = table.column("file").to_pylist()
     if storage.is_s3(sources[0]):  # Ray Data's paths are the filesystem's: bucket/key

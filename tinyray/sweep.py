@@ -535,6 +535,7 @@ def run_sweep(cfg: SweepConfig, data: str, opts: StorageOptions | None = None, r
     from tinyray.data.stage import load_manifest
 
     opts = opts or StorageOptions.from_env(cfg.train.get("endpoint_url"))
+    resumed = check_resume(cfg, data, opts) if resume else None  # before anything is written
     manifest = load_manifest(data, opts)
     exp_uri = cfg.experiment_uri
     train_runs = storage.join(exp_uri, "train-runs")
@@ -565,7 +566,7 @@ def run_sweep(cfg: SweepConfig, data: str, opts: StorageOptions | None = None, r
     experiment_dir = f"{exp_path}/{cfg.name}"
 
     keep_credentials_out_of_tune()
-    write_sweep_meta(cfg, data, manifest, live, concurrency, opts, source or {})
+    write_sweep_meta(cfg, data, manifest, live, concurrency, opts, source or {}, resumed)
     if resume and tune.Tuner.can_restore(experiment_dir, storage_filesystem=fs):
         print(f"resuming sweep {exp_uri}: finished trials are kept, unfinished ones continue", flush=True)
         tuner = tune.Tuner.restore(experiment_dir, trainable, resume_errored=True, storage_filesystem=fs)
@@ -588,8 +589,10 @@ def run_sweep(cfg: SweepConfig, data: str, opts: StorageOptions | None = None, r
           flush=True)
     if cfg.search == "grid":
         axes = cfg.axes
-        print(status_table(axes, [(f"{i + 1}", "planned", {a: getattr(t, a) for a in axes}, 0, t.epochs, None)
-                                  for i, t in enumerate(trials)]), flush=True)
+        done = {t.run_name for t in trials if resume and run_finished(t, opts)}
+        print(status_table(axes, [(f"{i + 1}", "done" if t.run_name in done else "planned",
+                                   {a: getattr(t, a) for a in axes}, t.epochs if t.run_name in done else 0, t.epochs,
+                                   None) for i, t in enumerate(trials)]), flush=True)
     else:
         print("  drawn from: " + ", ".join(f"{axis} {dist} {values}" for axis, spec in cfg.space.items()
                                            for dist, values in spec.items()), flush=True)
@@ -644,12 +647,68 @@ def search_plan(cfg: SweepConfig):
 
 
 SWEEP_META = "sweep.json"
+# Sweep fields a --resume may change: they decide how the trials are scheduled, never what a
+# trial trains or how it is judged. Every other field is the sweep's identity.
+RESUME_FREE = ("max_concurrent_trials",)
+
+
+def resume_conflict(saved: dict, now: dict, path: str = "") -> str | None:
+    """The first field (dotted) at which the sweep ``now`` differs from the ``saved`` one, as
+    ``'field: was X, now Y'``; None when they are the same sweep. Pure."""
+    for key in sorted(set(saved) | set(now)):
+        where = f"{path}.{key}" if path else key
+        if not path and key in RESUME_FREE:
+            continue
+        a, b = saved.get(key), now.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            found = resume_conflict(a, b, where)
+            if found:
+                return found
+        elif a != b:
+            return f"{where}: was {json.dumps(a, default=str)}, now {json.dumps(b, default=str)}"
+    return None
+
+
+def check_resume(cfg: "SweepConfig", data: str, opts: StorageOptions) -> dict | None:
+    """Before a --resume: the sweep and data must be the ones the experiment ran, or one line
+    that names the field. Returns the saved sweep.json with the allowed changes it records;
+    None when there is none yet (a sweep that died before it wrote one starts afresh)."""
+    uri = storage.join(cfg.experiment_uri, SWEEP_META)
+    try:
+        meta = json.loads(storage.read_bytes(uri, opts))
+    except FileNotFoundError:
+        return None
+    except ValueError:
+        raise TinyrayError(f"--resume: {uri} is not valid JSON: the experiment cannot be checked") from None
+    conflict = resume_conflict({"data": meta.get("data"), **meta.get("sweep", {})},
+                               {"data": data, **json.loads(json.dumps(cfg.to_dict()))})
+    if conflict:
+        raise TinyrayError(f"--resume would change the sweep in {cfg.experiment_uri} ({conflict}): resume it as "
+                           f"it was, or give the new sweep its own --name")
+    changed = {k: [meta["sweep"].get(k), getattr(cfg, k)] for k in RESUME_FREE
+               if meta.get("sweep", {}).get(k) != getattr(cfg, k)}
+    return {**meta, "resumes": [*meta.get("resumes", []), {"at": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+                                                           "changed": changed}]}
+
+
+def run_finished(trial: TrainConfig, opts: StorageOptions) -> bool:
+    """Whether ``trial``'s run folder already holds its whole result (every epoch)."""
+    from tinyray.config import RESULT_FILE
+
+    try:
+        result = json.loads(storage.read_bytes(storage.join(trial.run_dir, RESULT_FILE), opts))
+    except (FileNotFoundError, ValueError):
+        return False
+    return len(result.get("epochs") or []) >= trial.epochs
+
+
 
 
 def write_sweep_meta(cfg: SweepConfig, data: str, manifest: dict, nodes: list[dict], concurrency: int,
-                     opts: StorageOptions, source: dict) -> None:
+                     opts: StorageOptions, source: dict, resumed: dict | None = None) -> None:
     """sweep.json and sweep.yaml in the experiment folder: what the report needs, and the
-    effective sweep file (flags applied) that reruns it."""
+    effective sweep file (flags applied) that reruns it. On a resume (``resumed``, from
+    ``check_resume``), the first start and every resume with its allowed changes are kept."""
     from tinyray.train import provenance
 
     meta = {
@@ -665,6 +724,9 @@ def write_sweep_meta(cfg: SweepConfig, data: str, manifest: dict, nodes: list[di
         "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "endpoint": opts.describe(),
     }
+    if resumed:
+        meta.update(started=resumed.get("started", meta["started"]), resumes=resumed["resumes"],
+                    source=resumed.get("source", source))
     exp = cfg.experiment_uri
     storage.write_bytes(storage.join(exp, SWEEP_META), json.dumps(meta, indent=1).encode(), opts)
     storage.write_bytes(storage.join(exp, "sweep.yaml"), to_yaml(cfg).encode(), opts)

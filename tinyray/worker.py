@@ -349,9 +349,15 @@ class PreemptionCheck(keras.callbacks.Callback):
             checkpoint = ray.train.Checkpoint.from_directory(d) if self.rank == 0 else None
             # Not an epoch: no metrics, and Tune does not hear it (sweep.TrialReports)
             ray.train.report({PREEMPTED: step, "epoch_in_progress": state["epochs_done"] + 1}, checkpoint=checkpoint)
+        hold = float(os.environ.get("TINYRAY_PREEMPTION_HOLD") or PREEMPTION_HOLD)
         if self.rank == 0:
-            print(f"preemption notice: checkpoint saved at step {step} of epoch {state['epochs_done'] + 1}",
-                  flush=True)
+            print(f"preemption notice: checkpoint saved at step {step} of epoch {state['epochs_done'] + 1}; "
+                  f"holding up to {hold:g} s for the reclaim", flush=True)
+        # Steps trained after this checkpoint are lost when the node goes before the epoch's end
+        # (and Ray Train's controller may register that epoch's checkpoint in the same poll as
+        # this one, which then is never resumed from): every worker waits, bounded, for the
+        # reclaim, then trains on if the node is still there (a drain that was called off).
+        time.sleep(hold)
 
     def on_epoch_end(self, epoch, logs=None):
         self.offset = 0
@@ -359,6 +365,9 @@ class PreemptionCheck(keras.callbacks.Callback):
 
 # How often (in steps) the workers ask about preemption: each ask is a barrier of all workers.
 PREEMPTION_CHECK_STEPS = 20
+# How long the workers wait for the reclaim after the notice's checkpoint (seconds; EC2 gives a
+# spot node 120 s of notice; TINYRAY_PREEMPTION_HOLD).
+PREEMPTION_HOLD = 30
 
 
 def checkpoint_and_report(ckpt, state: dict, rank: int) -> None:
@@ -426,22 +435,40 @@ def train_loop_per_worker(config: dict, loads=None) -> None:
         if board is not None and rank == 0:
             callbacks.append(progress_callback(board, cfg.epochs, steps, cfg.global_batch))
         start, done = state["epochs_done"], state.get("step_in_epoch", 0)
+        # Each dataset covers exactly the epochs its fit trains (pipeline.stream_train_dataset:
+        # two on one Ray Data shard must never overlap).
         if done:  # saved on a preemption notice: the rest of that epoch first, in the same data order
             preemption.offset = done
-            model.fit(per_replica_input(strategy, build(start, skip=done)), epochs=start + 1, initial_epoch=start,
-                      steps_per_epoch=steps - done, callbacks=callbacks, verbose=0)
+            model.fit(per_replica_input(strategy, build(start, skip=done, epochs=1)), epochs=start + 1,
+                      initial_epoch=start, steps_per_epoch=steps - done, callbacks=callbacks, verbose=0)
             start += 1
         if start < cfg.epochs:
-            model.fit(per_replica_input(strategy, build(start)), epochs=cfg.epochs, initial_epoch=start,
-                      steps_per_epoch=steps, callbacks=callbacks, verbose=0)
+            model.fit(per_replica_input(strategy, build(start, epochs=cfg.epochs - start)), epochs=cfg.epochs,
+                      initial_epoch=start, steps_per_epoch=steps, callbacks=callbacks, verbose=0)
         finish()
         checkpoint_and_report(ckpt, state, rank)
     else:
         loads.train()  # read like every worker's (a split shard), though not trained on
         # Every epoch was done before (a rerun, or a driver that died after the run finished):
-        # the results again, and the last epoch reported again so that a Tune trial records it.
-        finish()
+        # the last epoch is reported again so that a Tune trial records it. The run's files are
+        # written only if they are not all there yet (the run ended between its last checkpoint
+        # and them): a finished run's result.json, eval.json and model are never rewritten by a
+        # rerun that trained nothing. Every worker reads the same files, so all agree (finish()
+        # is a collective).
+        if not results_written(cfg, state["epochs_done"]):
+            finish()
         ray.train.report({**state["history"][-1], "resumed_from_epoch": state["epochs_done"]})
+
+
+def results_written(cfg: TrainConfig, epochs: int) -> bool:
+    """Whether the run folder holds result.json (with ``epochs`` epochs), eval.json and the model."""
+    opts = StorageOptions.from_env(cfg.endpoint_url)
+    try:
+        result = json.loads(storage.read_bytes(storage.join(cfg.run_dir, RESULT_FILE), opts))
+    except (FileNotFoundError, ValueError):
+        return False
+    return (len(result.get("epochs") or []) >= epochs and storage.exists(storage.join(cfg.run_dir, EVAL_FILE), opts)
+            and storage.exists(storage.join(cfg.run_dir, "model", "model.keras"), opts))
 
 
 def write_results(cfg: TrainConfig, model, state: dict, evaluation: dict, config: dict, wall_seconds: float,

@@ -19,6 +19,7 @@ count every val image exactly once per evaluation.
 """
 from __future__ import annotations
 
+import itertools
 import zlib
 from dataclasses import dataclass
 
@@ -261,19 +262,21 @@ class Loads:
         return self._wait(self._train) if self._train is not None else None
 
     def train_dataset(self, batch_size: int, seed: int, augment: "Augment", steps: int, replicas: int = 1):
-        """``build(first_epoch, skip=0)``: the worker's endless train dataset, in ``--cache`` mode,
+        """``build(first_epoch, skip=0, epochs=None)``: the worker's train dataset (``epochs`` of
+        them, or endless), in ``--cache`` mode,
         starting ``skip`` batches into ``first_epoch`` (a run resumed where a preemption notice
         saved it): from the decoded arrays (memory), or re-read through Ray Data every epoch
         (stream; there the val split, loaded first, is what the watchdog guards). ``skip`` counts
         steps; each step is ``replicas`` batches of ``batch_size``."""
         if self._train is not None:
             images, labels = self.train()
-            return lambda first_epoch, skip=0: memory_train_dataset(
+            return lambda first_epoch, skip=0, epochs=None: memory_train_dataset(
                 images, labels, batch_size, seed=seed, first_epoch=first_epoch, augment=augment, skip=skip * replicas,
-                replicas=replicas)
-        return lambda first_epoch, skip=0: stream_train_dataset(
+                replicas=replicas, epochs=epochs)
+        return lambda first_epoch, skip=0, epochs=None: stream_train_dataset(
             self.train_shard, batch_size, seed=seed, augment=augment, skip=skip * replicas,
-            first_batch=(first_epoch * steps + skip) * replicas, replicas=replicas, first_epoch=first_epoch)
+            first_batch=(first_epoch * steps + skip) * replicas, replicas=replicas, first_epoch=first_epoch,
+            epochs=epochs)
 
 
 def data_stalled(cfg, split: str) -> TinyrayError:
@@ -323,6 +326,11 @@ class Augment:
                      for v in draws(0, 0, n).as_tensors())
 
 
+def _epochs(first: int, count: int | None):
+    """The epoch numbers a dataset covers: ``count`` from ``first``, or endless."""
+    return range(first, first + count) if count is not None else itertools.count(first)
+
+
 def _options(ds):
     from tinyray.tfk import tf
 
@@ -333,8 +341,10 @@ def _options(ds):
 
 
 def memory_train_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int, seed: int,
-                         first_epoch: int = 0, augment: Augment = Augment(), skip: int = 0, replicas: int = 1):
-    """An endless tf.data dataset of shuffled, augmented per-replica batches from decoded arrays.
+                         first_epoch: int = 0, augment: Augment = Augment(), skip: int = 0, replicas: int = 1,
+                         epochs: int | None = None):
+    """A tf.data dataset of shuffled, augmented per-replica batches from decoded arrays: ``epochs``
+    epochs from ``first_epoch`` (None: endless).
 
     An epoch is ``len(labels) // (batch_size·replicas)`` steps of ``replicas`` batches each (a
     worker's replicas take consecutive batches of one step); ``skip`` counts batches.
@@ -351,12 +361,10 @@ def memory_train_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int
     batches = len(labels) // (batch_size * replicas) * replicas  # per epoch
 
     def gen():
-        epoch = first_epoch
-        while True:
+        for epoch in _epochs(first_epoch, epochs):
             order = epoch_order(len(labels), batch_size * replicas, seed, epoch).reshape(batches, batch_size)
             for b, idx in enumerate(order):
                 yield (idx, *augment.draws(seed, epoch * batches + b, batch_size))
-            epoch += 1
 
     def gather(idx):
         return np.take(images, idx, axis=0), np.take(labels, idx, axis=0)
@@ -374,26 +382,30 @@ def memory_train_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int
 
 
 def stream_train_dataset(iterator, batch_size: int, seed: int, augment: Augment = Augment(), skip: int = 0,
-                         first_batch: int = 0, replicas: int = 1, first_epoch: int = 0):
+                         first_batch: int = 0, replicas: int = 1, first_epoch: int = 0, epochs: int | None = None):
     """Each epoch re-reads the worker's shard through Ray Data (decoded by map_batches tasks),
     shuffled in a local buffer seeded by (seed, epoch): reshuffled every epoch, and the same on
     every attempt, since the shard arrives in a fixed order (``data_config``). ``skip`` batches
     of ``first_epoch`` are passed over (a run resumed mid-epoch); batches are keyed by their count
     since ``first_batch`` (the run's batch index at the start). Ray Data hands over one step's
     images at a time (``batch_size·replicas``; the rest of the shard, less than a step, is
-    dropped as in memory mode), cut here into the replicas' batches."""
+    dropped as in memory mode), cut here into the replicas' batches.
+
+    ``epochs`` bounds it (None: endless), and each epoch's read is run to its end: a worker
+    that builds a second dataset on the same shard (the rest of a preempted epoch, then the
+    others) must never have a first one still prefetching into a new epoch. Ray Data's split
+    coordinator starts an epoch when every worker asks for one; two asks from one worker there
+    deadlock the run (seen under load in test_worker.py before this bound)."""
     from tinyray.tfk import tf
 
     def gen():
-        epoch = first_epoch
-        while True:
+        for epoch in _epochs(first_epoch, epochs):
             for batch in iterator.iter_batches(batch_size=batch_size * replicas, batch_format="numpy", drop_last=True,
                                                local_shuffle_buffer_size=max(4 * batch_size * replicas, 1024),
                                                local_shuffle_seed=int(np.random.default_rng([seed, epoch]).integers(2 ** 31))):
                 images, labels = batch["image"], np.asarray(batch["label"], np.int32)
                 for r in range(replicas):
                     yield images[r * batch_size:(r + 1) * batch_size], labels[r * batch_size:(r + 1) * batch_size]
-            epoch += 1
 
     spec = Augment.draw_spec(batch_size)
 

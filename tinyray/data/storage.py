@@ -270,6 +270,17 @@ def read_bytes(uri: str, opts: StorageOptions) -> bytes:
         raise explain_s3_error(e, uri, opts) from None
 
 
+def exists(uri: str, opts: StorageOptions) -> bool:
+    """Whether a file is at ``uri`` (asked, never read)."""
+    import pyarrow.fs as pafs
+
+    fs, path = filesystem(uri, opts)
+    try:
+        return fs.get_file_info(path).type == pafs.FileType.File
+    except OSError as e:
+        raise explain_s3_error(e, uri, opts) from None
+
+
 def write_bytes(uri: str, data: bytes, opts: StorageOptions) -> None:
     """Write ``data`` whole or not at all: an S3 PUT is atomic; a local file is written beside
     its place under a name of this process and renamed over it."""
@@ -303,6 +314,77 @@ def upload_dir(local: str, uri: str, opts: StorageOptions) -> None:
                 dst = os.path.join(local_path(uri), rel)
                 os.makedirs(os.path.dirname(dst), exist_ok=True)
                 shutil.copyfile(src, dst)
+
+
+def list_files(uri: str, opts: StorageOptions) -> list[str]:
+    """The files under ``uri`` (a local folder or s3:// prefix), as paths relative to it."""
+    if not is_s3(uri):
+        root = local_path(uri)
+        return sorted(os.path.relpath(os.path.join(d, f), root) for d, _, fs in os.walk(root) for f in fs)
+    bucket, key = split_s3(uri)
+    prefix = key.rstrip("/") + "/" if key else ""
+    try:
+        pages = s3_client(opts, bucket=bucket).get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        return sorted(o["Key"][len(prefix):] for page in pages for o in page.get("Contents", []))
+    except Exception as e:  # noqa: BLE001 - one explained line
+        raise explain_s3_error(e, uri, opts) from None
+
+
+def publish_dir(local: str, uri: str, opts: StorageOptions, marker: str, force: bool = False) -> None:
+    """Put the local folder's files at ``uri`` whole or not at all, ``marker`` (the file that
+    says the folder is complete) last. A ``uri`` that holds files is refused unless ``force``,
+    which replaces it whole: nothing of the old folder stays.
+
+    A local folder is built beside its place and renamed into it. An S3 prefix has no rename:
+    the files go to a temporary prefix first (so a failed upload leaves ``uri`` as it was), then
+    the old folder loses its marker before anything else of it changes, the new files are copied
+    in server-side with the marker last, and the temporary prefix goes."""
+    import shutil
+    import uuid
+
+    existing = list_files(uri, opts)
+    if existing and not force:
+        raise TinyrayError(f"{uri} is not empty ({len(existing)} file(s)): pass --force to replace it whole")
+    tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    if not is_s3(uri):
+        dst = local_path(uri).rstrip("/")
+        os.makedirs(os.path.dirname(dst), exist_ok=True)
+        tmp, old = f"{dst}.tmp-{tag}", f"{dst}.old-{tag}"
+        try:
+            shutil.copytree(local, tmp)
+            if os.path.exists(dst):
+                os.replace(dst, old)
+            os.replace(tmp, dst)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.rmtree(old, ignore_errors=True)
+        return
+    bucket, key = split_s3(uri)
+    key = key.rstrip("/")
+    staging = f"{key}.tmp-{tag}"
+    files = sorted(os.path.relpath(os.path.join(d, f), local) for d, _, fs in os.walk(local) for f in fs)
+    client = s3_client(opts, bucket=bucket)
+    try:
+        try:
+            for rel in files:
+                _put_file(client, bucket, f"{staging}/{rel}", os.path.join(local, rel))
+            for rel in sorted(existing, key=lambda r: r != marker):  # the old marker first
+                client.delete_object(Bucket=bucket, Key=f"{key}/{rel}")
+            for rel in sorted(files, key=lambda r: r == marker):  # the new marker last
+                client.copy_object(Bucket=bucket, Key=f"{key}/{rel}",
+                                   CopySource={"Bucket": bucket, "Key": f"{staging}/{rel}"})
+        finally:
+            for rel in files:
+                client.delete_object(Bucket=bucket, Key=f"{staging}/{rel}")
+    except TinyrayError:
+        raise
+    except Exception as e:  # noqa: BLE001 - one explained line
+        raise explain_s3_error(e, uri, opts) from None
+
+
+def _put_file(client, bucket: str, key: str, path: str) -> None:
+    with open(path, "rb") as f:
+        client.put_object(Bucket=bucket, Key=key, Body=f.read())
 
 
 def fetch_to_cache(uri: str, opts: StorageOptions | None = None) -> str:
