@@ -160,15 +160,9 @@ def test_restaging_keeps_the_old_dataset_until_the_new_one_is_whole(sample_relea
     assert first["version"] == 1 and first["train"]["shards"][0]["path"] == "v1/train/part-00000.parquet"
     before = {s["path"]: open(os.path.join(dest, s["path"]), "rb").read()
               for split in ("train", "val") for s in first[split]["shards"]}
-    calls, real = {"n": 0}, stage_mod.normalise_image
+    from test_stage import interrupt_staging
 
-    def dies_midway(data):  # an interrupt (Ctrl-C, a lost node) half-way through train
-        calls["n"] += 1
-        if calls["n"] == 50:
-            raise KeyboardInterrupt
-        return real(data)
-
-    monkeypatch.setattr(stage_mod, "normalise_image", dies_midway)
+    real = interrupt_staging(monkeypatch)  # half-way through train
     with pytest.raises(KeyboardInterrupt):
         stage_dataset(StageConfig(sample_release, dest, rows_per_shard=10, progress=False))
     assert os.path.exists(os.path.join(dest, "v2", "train", "part-00003.parquet"))  # it got that far

@@ -110,18 +110,24 @@ def test_restaging_with_fewer_shards_removes_the_stale_ones(sample_release, tmp_
     assert len(manifest["train"]["shards"]) == 1
 
 
-def test_an_interrupted_first_staging_leaves_no_manifest(sample_release, tmp_path, monkeypatch):
-    dest = str(tmp_path / "staged")
-    calls = {"n": 0}
-    real = stage_mod.normalise_image
+def interrupt_staging(monkeypatch, at: int = 50):
+    """Make staging stop at its ``at``-th image, as Ctrl-C or a lost machine would; returns the
+    real ``normalise_image`` (to put back)."""
+    calls, real = {"n": 0}, stage_mod.normalise_image
 
     def dies_midway(data):
         calls["n"] += 1
-        if calls["n"] == 50:
+        if calls["n"] == at:
             raise KeyboardInterrupt
         return real(data)
 
     monkeypatch.setattr(stage_mod, "normalise_image", dies_midway)
+    return real
+
+
+def test_an_interrupted_first_staging_leaves_no_manifest(sample_release, tmp_path, monkeypatch):
+    dest = str(tmp_path / "staged")
+    interrupt_staging(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         stage_dataset(StageConfig(sample_release, dest, rows_per_shard=10, progress=False))
     assert not os.path.exists(os.path.join(dest, "manifest.json"))

@@ -179,7 +179,7 @@ def _fetch_release(cfg: StageConfig) -> str:
         key = hashlib.sha256(src.encode()).hexdigest()[:16]
         local = os.path.join(cache, f"{key}-{size if size is not None else 'unsized'}-{name}")
         if size is not None and os.path.exists(local) and os.path.getsize(local) == size:
-            _check_digest(local, cfg.sha256, src, remove=False)
+            _check_digest(local, cfg.sha256, src)
             return local
         part = f"{local}.part-{os.getpid()}"  # per process: two stagings never share one
         print(f"downloading {src} ...", file=sys.stderr)
@@ -209,7 +209,7 @@ def _fetch_release(cfg: StageConfig) -> str:
     return local
 
 
-def _check_digest(path: str, sha256: str | None, src: str, remove: bool) -> None:
+def _check_digest(path: str, sha256: str | None, src: str) -> None:
     if not sha256:
         return
     digest = hashlib.sha256()
@@ -217,8 +217,6 @@ def _check_digest(path: str, sha256: str | None, src: str, remove: bool) -> None
         while chunk := f.read(1 << 20):
             digest.update(chunk)
     if digest.hexdigest() != sha256.lower():
-        if remove:
-            _remove(path)
         raise TinyrayError(f"{src} (cached at {path}) has sha256 {digest.hexdigest()}, not the {sha256.lower()} "
                            f"given with --sha256: not used")
 
