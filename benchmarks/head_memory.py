@@ -2,7 +2,7 @@
 actor, Ray Train's controller and Ray Data's split coordinator run (the trial workers run on GPU
 nodes). Samples the resident memory (USS: pages only that process holds) of every Ray process on
 a local cluster every second during a sweep of C concurrent trials, by process title, and reports
-each kind's peak per process. ``cluster.HEAD_MB_PER_TRIAL`` comes from these figures.
+each kind's peak per process. ``resources.HEAD_MB_PER_TRIAL`` comes from these figures.
 
     python benchmarks/head_memory.py [--trials 2] [--epochs 2]
 """
@@ -20,7 +20,8 @@ from _setup import staged_sample
 from tinyray.cluster import repoint_stale_cluster_file
 from tinyray.data import storage
 from tinyray.data.sample import SampleSpec
-from tinyray.sweep import SweepConfig, run_sweep
+from tinyray.sweep import run_sweep
+from tinyray.sweepfile import SweepConfig
 
 # Per-trial processes on the head, by the title Ray gives them (setproctitle "ray::Class.method").
 PER_TRIAL = {"trial actor": ("ImplicitFunc",), "train controller": ("TrainController",),

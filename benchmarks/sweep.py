@@ -21,8 +21,10 @@ from _setup import staged_sample
 
 from tinyray.data import storage
 from tinyray.data.sample import SampleSpec
-from tinyray.report import best_per_model, load_experiment
-from tinyray.sweep import SweepConfig, load_sweep, run_sweep
+from tinyray.folders import load_experiment
+from tinyray.report import best_per_model
+from tinyray.sweep import run_sweep
+from tinyray.sweepfile import SweepConfig, load_sweep
 from tinyray.cluster import repoint_stale_cluster_file
 
 def main(argv=None):

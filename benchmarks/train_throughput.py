@@ -57,9 +57,9 @@ def plain_fit(model_name, images, labels, num_classes, batch, epochs):
 
 
 def ray_fit(model_name, uri, opts, batch, epochs, workers, cpus, runs, rep):
-    from tinyray.train import run_training
+    from tinyray.train import train_command
 
-    out = run_training(TrainConfig(model=model_name, data=uri, workers=workers, cpus_per_worker=cpus,
+    out = train_command(TrainConfig(model=model_name, data=uri, workers=workers, cpus_per_worker=cpus,
                                    batch_size=batch, epochs=epochs, storage=runs,
                                    name=f"bench-{workers}x{cpus:g}-{rep}"), opts)
     return [e["images_per_second"] for e in out.result["epochs"]]

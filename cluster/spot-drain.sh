@@ -2,7 +2,7 @@
 # On a spot node: turn EC2's two-minute spot interruption notice into a Ray drain with reason
 # PREEMPTION. Ray Train then tells the run's workers (ray.train.get_preemption_info), which save a
 # checkpoint at the step they are at, and the run resumes there on another node once this one is
-# gone (README, "Reliability"). Nothing else tells Ray: without this, a reclaimed spot node is
+# gone (docs/reliability.md). Nothing else tells Ray: without this, a reclaimed spot node is
 # a lost node, and the run resumes from its last finished epoch instead.
 #
 # Started in the background on the spot node types of cluster/aws-gpu.yaml. It polls the

@@ -1,5 +1,6 @@
 """The tinyray command as a user runs it (the installed console script)."""
 import json
+import os
 import subprocess
 
 import pytest
@@ -60,22 +61,43 @@ def test_the_driver_draws_rank_zeros_progress_and_prints_its_epoch_lines(ray_clu
     import io
     import time
 
-    from tinyray.console import Watch, progress_callback
+    from tinyray.progress import ProgressPrinter, progress_callback
 
     class Terminal(io.StringIO):
         def isatty(self):
             return True
 
+    def drawn(what, timeout=30):  # the watch redraws every 0.05 s: wait for it, bounded
+        deadline = time.monotonic() + timeout
+        while what not in out.getvalue():
+            assert time.monotonic() < deadline, f"never drawn: {what!r}"
+            time.sleep(0.05)
+
     out = Terminal()
-    with Watch(out=out, every=0.05) as watch:
+    line = "epoch 1/3  loss 1.0000  acc 0.500  val top-1 0.250  100 img/s"
+    with ProgressPrinter(out=out, every=0.05) as watch:
         progress = progress_callback(watch.handle, epochs=3, steps=40, global_batch=16, every=0)
         progress.on_epoch_begin(0)
         progress.on_train_batch_end(19)
-        time.sleep(1)
-        watch.handle.post.remote("epoch 1/3  loss 1.0000  acc 0.500  val top-1 0.250  100 img/s")
-        time.sleep(1)
+        drawn("20/40 steps")
+        watch.handle.post.remote(line)
+        drawn(line)
     text = out.getvalue()
     assert "\repoch 1/3 [===============               ] 20/40 steps" in text
     lines = [l for l in text.replace("\x1b[K", "").split("\r") if l.strip()]
     assert "epoch 1/3  loss 1.0000  acc 0.500  val top-1 0.250  100 img/s\n" in lines
     assert text.endswith("\r\x1b[K")  # the bar is cleared at the end
+
+
+def test_the_reference_page_is_what_the_code_generates():
+    """docs/reference.md lists every TrainConfig field and every command's flags; it is made by
+    `tinyray reference`, and this fails when a field, flag or help changed without it."""
+    from tinyray.cli import reference_markdown
+    from tinyray.config import FIELDS
+
+    page = open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "reference.md")).read()
+    assert page == reference_markdown(), "docs/reference.md is out of date: run `tinyray reference > docs/reference.md`"
+    for name in FIELDS:
+        assert f"| `{name}` | `--{name.replace('_', '-')}` |" in page
+    for command in ("data stage", "train", "sweep", "report", "export", "predict", "doctor"):
+        assert f"### `{command}`" in page

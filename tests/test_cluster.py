@@ -1,7 +1,6 @@
 """Cluster deployment files: Ray's own schema, consistency with the repo, and autoscaling proven
 on Ray's fake multi-node provider."""
 import copy
-import json
 import os
 import re
 import subprocess
@@ -116,37 +115,6 @@ def test_fake_cluster_config_mirrors_the_aws_node_types():
     assert fake["available_node_types"]["gpu_1x"]["resources"]["GPU"] == 1
 
 
-def test_cluster_capacity_counts_what_the_autoscaler_can_reach():
-    from tinyray.cluster import auto_concurrency, cluster_capacity, load_cluster_config
-    from tinyray.sweep import load_sweep
-
-    config = load_cluster_config(os.path.join(ROOT, "cluster", "aws-gpu.yaml"))
-    nodes, extra = cluster_capacity([{"CPU": 0, "tinyray_driver": 32}], config)
-    assert nodes == [{"CPU": 0, "tinyray_driver": 32}]
-    # spot and on-demand: 8 + 8 g5.xlarge, 2 + 2 g5.12xlarge
-    assert extra.count({"CPU": 4, "GPU": 1}) == 16 and extra.count({"CPU": 48, "GPU": 4}) == 4
-    seed = load_sweep(os.path.join(ROOT, "sweeps", "seed.yaml")).expand("s3://b/d")
-    # 16 g5.xlarge (1 trial each at 3 CPUs + 1 GPU) + 4 g5.12xlarge (4 GPU each) = 32 slots; 6 trials
-    assert auto_concurrency(seed, nodes, extra) == 6
-    assert cluster_capacity([{"CPU": 2}], None) == ([{"CPU": 2}], [])
-
-
-def test_the_heads_memory_caps_how_many_trials_run_at_once():
-    from tinyray.cluster import HEAD_MARK, HEAD_MB_PER_TRIAL, auto_concurrency, head_trial_cap
-    from tinyray.sweep import SweepConfig
-
-    # a head whose Ray memory holds 3.5 trials' worth, beside 8 GPU nodes the autoscaler may add
-    head = {"CPU": 0, "tinyray_driver": 32, HEAD_MARK: 1, "memory": 3.5 * HEAD_MB_PER_TRIAL * 2**20}
-    assert head_trial_cap([head, {"CPU": 4, "GPU": 1}]) == 3
-    assert head_trial_cap([{"CPU": 4, "memory": 1e12}]) is None  # no live head: no cap from it
-    trials = SweepConfig(train={"model": "tinycnn", "gpus_per_worker": 1},
-                         grid={"seed": list(range(8))}).expand("d")
-    assert auto_concurrency(trials, [head], [{"CPU": 4, "GPU": 1}] * 8) == 8
-    assert auto_concurrency(trials, [head], [{"CPU": 4, "GPU": 1}] * 8, head_trial_cap([head])) == 3
-    tiny = {**head, "memory": 10 * 2**20}
-    assert auto_concurrency(trials, [tiny], [{"CPU": 4, "GPU": 1}] * 8, head_trial_cap([tiny])) == 1
-
-
 def test_stale_cluster_pointer_is_repointed_but_a_live_one_is_kept(tmp_path):
     import socket
 
@@ -244,61 +212,6 @@ def test_the_head_monitors_config_file_is_found_by_its_clusters_gcs_port(tmp_pat
     assert monitor_config_path("127.0.0.1:41000", str(tmp_path)) == "/tmp/b.yaml"
     assert monitor_config_path("127.0.0.1:42000", str(tmp_path)) is None
     assert monitor_config_path("127.0.0.1:43000", str(tmp_path)) is None
-
-
-def test_scale_from_zero_sizes_the_sweep_by_what_the_autoscaler_can_add():
-    from tinyray.cluster import auto_concurrency, check_fits, cluster_capacity, load_cluster_config
-    from tinyray.errors import TinyrayError
-    from tinyray.sweep import load_sweep
-
-    head = {"CPU": 0.0, "tinyray_driver": 32.0, "memory": 2e10, "node:__internal_head__": 1.0, "node:10.0.0.5": 1.0}
-    trials = load_sweep(os.path.join(ROOT, "sweeps", "seed.yaml")).expand("s3://b/d")
-    with pytest.raises(TinyrayError, match="largest node has 0 CPU and 0 GPU"):
-        check_fits(trials[0], *cluster_capacity([head], None))  # live nodes only: refused
-    nodes, extra = cluster_capacity([head], load_cluster_config(os.path.join(CLUSTER, "aws-gpu.yaml")))
-    assert nodes == [{"CPU": 0.0, "tinyray_driver": 32.0, "memory": 2e10}]  # the live head, as it is
-    check_fits(trials[0], nodes, extra)
-    assert auto_concurrency(trials, nodes, extra) == 6
-
-
-def test_local_storage_is_refused_on_a_cluster_of_several_nodes(monkeypatch):
-    from tinyray.cluster import check_shared_storage
-    from tinyray.errors import TinyrayError
-
-    check_shared_storage("/tmp/exp", multi_node=False)
-    check_shared_storage("s3://b/experiments", multi_node=True)
-    with pytest.raises(TinyrayError, match="use --storage s3://BUCKET/experiments"):
-        check_shared_storage("/tmp/exp", multi_node=True)
-    monkeypatch.setenv("TINYRAY_SHARED_STORAGE", "1")  # EFS / NFS mounted on every node
-    check_shared_storage("/tmp/exp", multi_node=True)
-
-
-def test_the_autoscalers_launch_failure_is_named_in_the_line():
-    """The status dict as Ray's v1 monitor writes it (its own dataclasses, asdict)."""
-    from dataclasses import asdict
-
-    from ray.autoscaler._private.autoscaler import AutoscalerSummary
-    from ray.autoscaler._private.node_provider_availability_tracker import (
-        NodeAvailabilityRecord, NodeAvailabilitySummary, UnavailableNodeInformation)
-
-    from tinyray.cluster import launch_failures, resource_wait_line
-
-    record = NodeAvailabilityRecord(
-        node_type="gpu_1x_spot", is_available=False, last_checked_timestamp=0.0,
-        unavailable_node_information=UnavailableNodeInformation(
-            category="UnauthorizedOperation", description="You are not authorized to perform this operation."))
-    ok = NodeAvailabilityRecord(node_type="gpu_1x", is_available=True, last_checked_timestamp=0.0,
-                                unavailable_node_information=None)
-    summary = AutoscalerSummary(active_nodes={}, idle_nodes=None, pending_nodes=[], pending_launches={},
-                                failed_nodes=[], node_availability_summary=NodeAvailabilitySummary(
-                                    {"gpu_1x_spot": record, "gpu_1x": ok}))
-    status = json.loads(json.dumps({"autoscaler_report": asdict(summary)}))
-    failures = launch_failures(status)
-    assert failures == {"gpu_1x_spot": "You are not authorized to perform this operation."}
-    line = resource_wait_line(1201, [{"CPU": 3.0, "GPU": 1.0}], failures, autoscaling=True)
-    assert "waited 1201 s for 3 CPU + 1 GPU" in line and "node type gpu_1x_spot: You are not authorized" in line
-    assert "\n" not in line
-    assert launch_failures(None) == {} and launch_failures({"autoscaler_report": None}) == {}
 
 
 def test_the_resource_watch_ends_only_a_wait_longer_than_its_bound():

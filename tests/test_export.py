@@ -84,7 +84,7 @@ def test_the_winner_is_exported_as_a_self_contained_uint8_model(tmp_path):
     ("nope", "no trial named nope"),
 ])
 def test_a_trial_is_named_by_its_folder_or_run_name(tmp_path, name, message):
-    from tinyray.report import load_experiment
+    from tinyray.folders import load_experiment
 
     _, trials = load_experiment(str(write_experiment(tmp_path)))
     if message:
@@ -130,7 +130,9 @@ def test_predict_prints_top_k_as_json_and_skips_what_it_cannot_read(tmp_path, sa
     assert out.returncode == 0, out.stderr
     rows = json.loads(out.stdout)
     assert [r["file"] for r in rows] == images and all(len(r["top"]) == 3 for r in rows)
-    assert all(abs(sum(t["prob"] for t in r["top"]) - 1) < 1 for r in rows)
+    for r in rows:  # a top-3 of a softmax: descending, positive, and no more than all of it
+        probs = [t["prob"] for t in r["top"]]
+        assert probs == sorted(probs, reverse=True) and probs[-1] > 0 and sum(probs) <= 1 + 1e-6, probs
     assert rows[0]["top"][0]["name"].startswith("class ")
     assert out.stderr.strip().splitlines()[-1].startswith(f"skipped {tmp_path}/broken.JPEG: not a readable image")
     done, skipped = predict_files(Export(export), images, k=1)

@@ -12,7 +12,7 @@ from tinyray.errors import TinyrayError
 
 @pytest.mark.parametrize("name", ["../x", "..", ".", "a b", "x;rm -rf", "a/b", "", "$(id)"])
 def test_a_sweep_or_run_name_that_is_not_one_plain_folder_name_is_refused(name):
-    from tinyray.sweep import parse_sweep
+    from tinyray.sweepfile import parse_sweep
 
     with pytest.raises(TinyrayError, match="may hold only letters, digits and"):
         parse_sweep(f"name: {name!r}\ntrain: {{model: tinycnn}}\n")
@@ -21,7 +21,7 @@ def test_a_sweep_or_run_name_that_is_not_one_plain_folder_name_is_refused(name):
 
 
 def test_plain_names_still_pass():
-    from tinyray.sweep import parse_sweep
+    from tinyray.sweepfile import parse_sweep
 
     assert parse_sweep("name: grid-v2.1_a=b\ntrain: {model: tinycnn}\n").name == "grid-v2.1_a=b"
     assert TrainConfig(model="tinycnn", data="s3://b/d", name="..a").run_name == "..a"
@@ -45,7 +45,8 @@ def test_csv_cells_a_spreadsheet_would_run_are_quoted():
 def test_results_csv_and_the_report_show_hostile_text_as_text():
     from test_report import BASE, epochs
 
-    from tinyray.report import Trial, build_report
+    from tinyray.folders import Trial
+    from tinyray.report import build_report
 
     axes = {"model": "model2", "optimizer": "adam", "lr": 1e-4}
     config = TrainConfig.from_dict({**BASE, **axes}).to_dict()

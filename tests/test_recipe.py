@@ -234,16 +234,16 @@ def test_the_recipe_learns_as_well_as_the_seeds_and_a_killed_worker_resumes_on_i
     import threading
     import time
 
-    from tinyray.train import run_training
+    from tinyray.train import train_command
 
     uri, manifest = staged
     common = {"model": "model2", "data": uri, "lr": 1e-3, "epochs": 6, "batch_size": 16, "seed": 0,
               "storage": str(tmp_path / "runs")}
-    seed = run_training(TrainConfig(**common, name="seed"), s3.options).result["epochs"]
+    seed = train_command(TrainConfig(**common, name="seed"), s3.options).result["epochs"]
 
     box = {}
     thread = threading.Thread(target=lambda: box.setdefault(
-        "out", run_training(TrainConfig(**common, **RECIPE, name="recipe"), s3.options)))
+        "out", train_command(TrainConfig(**common, **RECIPE, name="recipe"), s3.options)))
     thread.start()
     snapshot, killed, deadline = tmp_path / "runs" / "recipe" / "checkpoint_manager_snapshot.json", None, time.time() + 300
     while killed is None and thread.is_alive() and time.time() < deadline:

@@ -122,7 +122,7 @@ def test_a_preempted_node_and_a_lost_node_cost_no_finished_work(multi_node, stag
     config.write_text("name: faults\ntrain: {model: model2, epochs: 10, batch_size: 8, lr: 3e-3, cpus_per_worker: 1.5}\n"
                       "grid: {optimizer: [adam]}\n")
     # No --working-dir: nodes on one machine share the session folder, and a node that goes
-    # deletes the uploaded working dir under the running job (the table in tinyray/cluster.py).
+    # deletes the uploaded working dir under the running job (docs/workarounds.md).
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     out = submit_job(address, env, ["python", os.path.join(root, "jobs", "train_all.py"), "--config", str(config),
                                     "--data", uri, "--storage", str(tmp_path)],

@@ -12,9 +12,8 @@ from ray.job_submission import JobStatus, JobSubmissionClient
 
 from conftest import hold_cpus, start_ray_head, stop_process_tree, submit_job
 from tinyray.errors import TinyrayError
-from tinyray.cluster import auto_concurrency, trial_resources
 from tinyray.config import TrainConfig
-from tinyray.sweep import SchedulerConfig, SweepConfig, load_sweep, parse_sweep
+from tinyray.sweepfile import SchedulerConfig, SweepConfig, load_sweep, parse_sweep
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -43,9 +42,9 @@ def test_seed_yaml_is_the_seeds_experiment():
 
 
 def test_the_embedded_default_is_the_six_seed_models():
-    from tinyray.job import job_sweep
+    from tinyray.main_job import resolve_sweep
 
-    cfg, embedded_default = job_sweep(None, {})
+    cfg, embedded_default = resolve_sweep(None, {})
     assert embedded_default and [t.model for t in cfg.expand("d")] == [f"model{i}" for i in range(1, 7)]
 
 
@@ -203,7 +202,8 @@ def test_a_search_checks_every_corner_of_its_space_before_tune_starts():
 
 
 def test_the_report_describes_a_search_and_scatters_a_continuous_lr():
-    from tinyray.report import Trial, continuous_lr, search_summary, variants_section
+    from tinyray.folders import Trial
+    from tinyray.report import continuous_lr, search_summary, variants_section
 
     sweep = parse_sweep(SEARCH).to_dict()
     assert search_summary(sweep) == "optuna search of 6 draws: optimizer (choice adam, sgd), lr (loguniform 1e-05, 0.001)"
@@ -233,37 +233,14 @@ def test_a_missing_sweep_file_names_the_shipped_ones():
 
 
 def test_the_effective_sweep_file_round_trips():
-    from tinyray.sweep import to_yaml
+    from tinyray.sweepfile import to_yaml
 
     cfg = load_sweep("grid", {"epochs": 3, "models": ["tinycnn"], "data": "s3://b/d"})
     assert parse_sweep(to_yaml(cfg)) == cfg
 
 
-def test_trial_drivers_never_take_a_cpu():
-    assert trial_resources({"CPU": 8, "tinyray_driver": 4}) == {"CPU": 0, "tinyray_driver": 1}
-    assert trial_resources({"CPU": 8}) == {"CPU": 0, "memory": 1}
-
-
-SIX = {"model": ["model1", "model2", "model3", "model4", "model5", "model6"]}
-
-
-@pytest.mark.parametrize("kw,nodes,max_nodes,expected", [
-    ({"workers": 1, "cpus_per_worker": 1}, [{"CPU": 2}], None, 1),  # 2 × 1 CPU would starve the reads
-    ({"workers": 1, "cpus_per_worker": 0.5}, [{"CPU": 2}], None, 2),
-    ({"workers": 1, "cpus_per_worker": 1}, [{"CPU": 4}], None, 3),
-    ({"workers": 2, "cpus_per_worker": 1}, [{"CPU": 8}], None, 3),
-    ({"workers": 1, "cpus_per_worker": 4, "gpus_per_worker": 1}, [{"CPU": 4}], [{"CPU": 8, "GPU": 1}] * 3, 3),
-    ({"workers": 1, "cpus_per_worker": 4, "gpus_per_worker": 1}, [{"CPU": 4}], [{"CPU": 48, "GPU": 4}] * 2, 6),
-    ({"workers": 1, "cpus_per_worker": 1}, [{"CPU": 64, "tinyray_driver": 3}], None, 3),
-    ({"workers": 1, "cpus_per_worker": 4}, [{"CPU": 2}], None, 1),  # never 0: check_fits says why
-])
-def test_auto_concurrency(kw, nodes, max_nodes, expected):
-    trials = SweepConfig(train=kw, grid=SIX).expand("d")
-    assert auto_concurrency(trials, nodes, max_nodes) == expected
-
-
 def test_a_resume_may_change_only_what_cannot_change_a_trial():
-    from tinyray.sweep import resume_conflict
+    from tinyray.sweepfile import resume_conflict
 
     saved = {"name": "g", "max_concurrent_trials": 1, "train": {"lr": 0.001, "epochs": 3},
              "grid": {"optimizer": ["adam"]}, "scheduler": {"type": "asha"}}
@@ -272,11 +249,6 @@ def test_a_resume_may_change_only_what_cannot_change_a_trial():
         'grid.optimizer: was ["adam"], now ["adam", "sgd"]'
     assert resume_conflict(saved, {**saved, "train": {**saved["train"], "seed": 1}}) == "train.seed: was null, now 1"
     assert resume_conflict(saved, {**saved, "scheduler": {"type": "fifo"}}) == 'scheduler.type: was "asha", now "fifo"'
-
-
-def test_trials_of_different_shapes_are_sized_by_the_largest():
-    trials = SweepConfig(train={"model": "tinycnn"}, grid={"workers": [1, 2], "seed": [0, 1]}).expand("d")
-    assert auto_concurrency(trials, [{"CPU": 8}], None) == 3  # 2 workers × 1 CPU + 0.25 per trial
 
 
 # -------------------------------------------------------------------- real sweeps (slow)
@@ -312,7 +284,7 @@ def dashboard_hparams(logdir) -> set:
 
 
 def results(exp_uri):
-    from tinyray.report import load_experiment
+    from tinyray.folders import load_experiment
 
     return load_experiment(exp_uri)[1]
 
@@ -562,12 +534,12 @@ def test_a_killed_sweep_resumes_and_every_trial_leaves_a_model_that_scores_what_
     assert len(re.findall(r"^\d+\s+done\s+adam\s+8\s+3/3", out.stdout, re.M)) == 1, out.stdout[-3000:]  # the plan
     assert written and {f: open(f, "rb").read() for f in written} == written  # not one byte rewritten
     # a --resume of another sweep into this folder is one line naming the field, before anything runs
-    from tinyray.job import job_sweep
+    from tinyray.main_job import resolve_sweep
     from tinyray.sweep import check_resume
 
-    same, _ = job_sweep(str(config), {"data": uri, "storage": str(tmp_path), "max_concurrent_trials": 2})
+    same, _ = resolve_sweep(str(config), {"data": uri, "storage": str(tmp_path), "max_concurrent_trials": 2})
     assert check_resume(same, uri, s3.options)["resumes"][-1]["changed"] == {"max_concurrent_trials": [1, 2]}
-    other, _ = job_sweep(str(config), {"data": uri, "storage": str(tmp_path), "lr": 1e-3})
+    other, _ = resolve_sweep(str(config), {"data": uri, "storage": str(tmp_path), "lr": 1e-3})
     with pytest.raises(TinyrayError, match=r"^--resume would change the sweep in .*axes \(train.lr: was 0.003, "
                                            r"now 0.001\): resume it as it was, or give the new sweep its own --name$"):
         check_resume(other, uri, s3.options)
@@ -690,7 +662,6 @@ def test_no_credential_reaches_a_log_a_file_or_the_state_api(head_cluster, stage
                                "--address", address], env=env, capture_output=True, text=True, timeout=120)
         assert rows.returncode == 0 and json.loads(rows.stdout), rows.stderr[-2000:]
         assert SENTINEL not in rows.stdout
-
 
 
 @pytest.mark.ray

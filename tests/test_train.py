@@ -12,7 +12,6 @@ import pytest
 
 from tinyray.config import TrainConfig
 from tinyray.errors import TinyrayError
-from tinyray.cluster import check_fits, thread_counts
 from tinyray.recipe import make_optimizer
 from tinyray.worker import epoch_metrics
 
@@ -68,8 +67,7 @@ def test_values_are_coerced_to_the_fields_types(data, expected):
     ({"cpus_per_worker": 2, "gpus_per_worker": 1, "cache": "stream", "max_failures": 0, "storage": "s3://b/r",
       "xla": True}, "tinycnn-adam-lr0.0001-b64x1-e10-s0"),
     # any other field that differs from its default adds a digest of those fields
-    ({"augment": "none"}, "tinycnn-adam-lr0.0001-b64x1-e10-s0-" +
-     __import__("hashlib").sha1(b'{"augment": "none"}').hexdigest()[:8]),
+    ({"augment": "none"}, "tinycnn-adam-lr0.0001-b64x1-e10-s0-eb5a37f0"),  # pinned: old folders must resume
     ({"name": "mine", "augment": "none"}, "mine"),
 ])
 def test_run_name(kw, name):
@@ -100,52 +98,7 @@ def test_defaults_are_the_seeds():
     assert c.global_batch == 64 and cfg(workers=4).global_batch == 256
     # one replica per whole GPU: 2 workers × 4 GPUs × 64; a shared GPU is one replica
     assert cfg(workers=2, gpus_per_worker=4).global_batch == 512 and cfg(gpus_per_worker=0.5).global_batch == 64
-    assert cfg(xla=True).xla  # one worker may jit-compile
-    assert cfg().run_name == cfg().run_name == "tinycnn-adam-lr0.0001-b64x1-e10-s0"
-
-
-@pytest.mark.parametrize("kw,nodes,message", [
-    ({"workers": 2, "cpus_per_worker": 1}, [{"CPU": 3}], None),
-    ({"workers": 2, "cpus_per_worker": 1}, [{"CPU": 2}], "leave at most 0 CPU free on a node, and Ray Data's file "
-                                                         "listing needs 1 whole CPU .*: --cpus-per-worker 0.5 would fit"),
-    # the issue's two hanging shapes on a 2-CPU machine: 0.5 CPU left is not enough
-    ({"workers": 1, "cpus_per_worker": 1.5}, [{"CPU": 2}], "leave at most 0.5 CPU .*--cpus-per-worker 1 would fit"),
-    ({"workers": 2, "cpus_per_worker": 0.75}, [{"CPU": 2}], "--cpus-per-worker 0.5 would fit"),
-    ({"workers": 2, "cpus_per_worker": 0.5}, [{"CPU": 2}], None),
-    ({"workers": 1, "cpus_per_worker": 2}, [{"CPU": 2}, {"CPU": 2}], None),  # the other node lists
-    ({"workers": 2, "cpus_per_worker": 2}, [{"CPU": 2}, {"CPU": 2}], "--cpus-per-worker 1 would fit"),
-    # GPU workers pack onto the GPU node; the CPU-only head lists
-    ({"workers": 1, "cpus_per_worker": 8, "gpus_per_worker": 1}, [{"CPU": 2}, {"CPU": 8, "GPU": 1}], None),
-    ({"workers": 3, "cpus_per_worker": 1}, [{"CPU": 2}], "3 workers × 1 CPU = 3 CPU, more than the cluster"),
-    ({"workers": 1, "cpus_per_worker": 4}, [{"CPU": 2}, {"CPU": 2}], "one worker needs 4 CPU"),
-    ({"workers": 1, "gpus_per_worker": 1}, [{"CPU": 8}], "one worker needs 1 CPU and 1 GPU"),
-    ({"workers": 2, "gpus_per_worker": 1}, [{"CPU": 8, "GPU": 1}, {"CPU": 8, "GPU": 1}], None),
-    ({"workers": 4, "gpus_per_worker": 1}, [{"CPU": 8, "GPU": 4}], None),
-    ({"workers": 5, "gpus_per_worker": 1}, [{"CPU": 8, "GPU": 4}], "5 workers × 1 GPU"),
-])
-def test_check_fits(kw, nodes, message):
-    if message is None:
-        check_fits(cfg(**kw), nodes)
-    else:
-        with pytest.raises(TinyrayError, match=message):
-            check_fits(cfg(**kw), nodes)
-
-
-@pytest.mark.parametrize("kw,free,expected", [
-    # the workers hold theirs; another run holds the rest: what would fit beside it now
-    ({"workers": 1, "cpus_per_worker": 0.5}, 0.75, "0.75 of the cluster's 4 CPU are free (other runs hold the rest): "
-                                                   "--cpus-per-worker 0.25 would fit now"),
-    ({"workers": 2, "cpus_per_worker": 1}, 0.5, "--cpus-per-worker 0.75 would fit now"),
-    ({"workers": 1, "cpus_per_worker": 0.5}, 0.25, "wait for CPUs to free up, or add a node"),
-    ({"workers": 1, "cpus_per_worker": 1}, 2, "the reads are slow, not starved"),
-])
-def test_a_stalled_run_says_what_is_missing_and_what_would_fit(kw, free, expected):
-    from tinyray.cluster import stall_message
-
-    line = stall_message(cfg(**kw), "val", 30, free, 4)
-    assert line.startswith("no val data arrived within 30 s (--data-timeout): Ray Data's file listing needs 1 free "
-                           f"CPU beside this run's {kw['workers']} × {kw['cpus_per_worker']:g} CPU workers")
-    assert expected in line and "\n" not in line
+    assert cfg().run_name == "tinycnn-adam-lr0.0001-b64x1-e10-s0"
 
 
 def test_the_data_watchdog_bounds_each_wait_and_passes_everything_else_through():
@@ -171,15 +124,6 @@ def test_the_data_watchdog_bounds_each_wait_and_passes_everything_else_through()
 
     with pytest.raises(OSError, match="went away"):
         list(within(broken(), 2, stalled))
-
-
-def test_an_autoscaler_node_type_counts_as_room():
-    check_fits(cfg(gpus_per_worker=1, workers=2), [{"CPU": 2}], max_nodes=[{"CPU": 4, "GPU": 1}] * 2)
-
-
-@pytest.mark.parametrize("cpus,threads", [(0.5, (1, 1)), (1, (1, 1)), (2, (2, 2)), (8, (8, 2))])
-def test_thread_counts_follow_the_cpu_allotment(cpus, threads):
-    assert thread_counts(cpus) == threads
 
 
 @pytest.mark.parametrize("name,cls", [("adam", "Adam"), ("rmsprop", "RMSprop"), ("sgd", "SGD"), ("nadam", "Nadam")])
@@ -309,12 +253,12 @@ def test_cli_data_without_manifest_fails_before_ray(tmp_path):
 
 
 def train(tmp_path, staged, s3, **kw):
-    from tinyray.train import run_training
+    from tinyray.train import train_command
 
     uri, _ = staged
     kw = {"model": "tinycnn", "lr": 3e-3, **kw}
     c = TrainConfig(data=uri, workers=2, batch_size=8, seed=0, storage=str(tmp_path / "runs"), **kw)
-    return run_training(c, s3.options)
+    return train_command(c, s3.options)
 
 
 @pytest.mark.ray
@@ -381,7 +325,7 @@ def test_lost_object_store_is_one_clear_error_and_a_rerun_resumes(ray_cluster, s
     endpoint (never its credentials). With the endpoint back, the same command resumes from the
     last checkpoint, weights and optimizer state, and may ask for more epochs."""
     from tinyray.data.storage import EmbeddedS3
-    from tinyray.train import run_training
+    from tinyray.train import train_command
 
     uri, _ = staged
     # A second endpoint onto the same in-process store (moto keeps its buckets per process),
@@ -394,7 +338,7 @@ def test_lost_object_store_is_one_clear_error_and_a_rerun_resumes(ray_cluster, s
 
     def run():
         try:
-            box["out"] = run_training(cfg, store.options)
+            box["out"] = train_command(cfg, store.options)
         except TinyrayError as e:
             box["error"] = str(e)
 
@@ -411,7 +355,7 @@ def test_lost_object_store_is_one_clear_error_and_a_rerun_resumes(ray_cluster, s
 
     again = EmbeddedS3(port=port, bucket=None).start()
     try:
-        out = run_training(TrainConfig(**{**cfg.to_dict(), "epochs": cfg.epochs + 1}), again.options)
+        out = train_command(TrainConfig(**{**cfg.to_dict(), "epochs": cfg.epochs + 1}), again.options)
     finally:
         again.stop()
     epochs = out.result["epochs"]
@@ -441,27 +385,64 @@ def test_resource_shapes_train_or_are_refused_and_none_hangs(ray_cluster, staged
     """On the session's 4-CPU cluster each shape trains an epoch or is refused in one line before
     any worker starts. (A run whose data cannot be read because another job holds the CPU that Ray
     Data's file listing needs: test_sweep.py::test_a_trial_that_cannot_get_its_data_fails_….)"""
-    from tinyray.train import run_training
+    from tinyray.train import train_command
 
     uri, _ = staged
 
     def run(**kw):
         c = TrainConfig(model="tinycnn", data=uri, epochs=1, batch_size=16, storage=str(tmp_path), max_failures=0,
                         **kw)
-        t0 = time.time()
         try:
-            return run_training(c, s3.options), time.time() - t0
+            return train_command(c, s3.options), c
         except TinyrayError as e:
-            return str(e), time.time() - t0
+            return str(e), c
 
     refused = {(1, 3.5): "--cpus-per-worker 3 would fit", (2, 1.75): "--cpus-per-worker 1.5 would fit",
                (3, 1.25): "--cpus-per-worker 1 would fit"}
     for (workers, cpus), hint in refused.items():
-        out, seconds = run(workers=workers, cpus_per_worker=cpus)
+        out, c = run(workers=workers, cpus_per_worker=cpus)
         assert isinstance(out, str) and out.endswith(hint) and "\n" not in out, out
-        assert seconds < 15  # refused before any worker started
+        assert not (tmp_path / c.run_name).exists()  # refused before Ray Train started the run
     out, _ = run(workers=2, cpus_per_worker=1.5)  # leaves exactly the 1 CPU the listing needs
     assert [e["epoch"] for e in out.result["epochs"]] == [1] and out.result["config"]["workers"] == 2
+
+
+@pytest.mark.ray
+def test_a_run_whose_workers_are_never_placed_ends_in_one_line(ray_cluster, staged, s3, tmp_path, monkeypatch):
+    """Another job holds every CPU: the run fits the cluster, so it starts, and Train would retry
+    its worker group for ever. The wait ends at its bound in one line; Train's controller is
+    aborted (its placement group goes), so nothing trains later when the CPUs come free."""
+    import signal
+
+    from conftest import hold_cpus
+    from tinyray.cluster import pending_placements
+    from tinyray.train import train_command
+
+    monkeypatch.setenv("TINYRAY_RESOURCE_TIMEOUT", "6")
+    uri, _ = staged
+    c = TrainConfig(model="tinycnn", data=uri, epochs=1, batch_size=16, storage=str(tmp_path), workers=1)
+    handler = signal.getsignal(signal.SIGINT)
+    other = hold_cpus(4)
+    try:
+        start = time.monotonic()
+        with pytest.raises(TinyrayError, match=rf"^training {c.run_name} stopped: its workers waited \d+ s for 1 CPU "
+                                               r"and the cluster never provided them: the cluster has no autoscaler"
+                                               ) as e:
+            train_command(c, s3.options)
+        assert "\n" not in str(e.value) and time.monotonic() - start < 90
+        assert signal.getsignal(signal.SIGINT) is handler  # Train's handler does not outlive the run
+        deadline = time.monotonic() + 30
+        while pending_placements() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert pending_placements() == {}
+    finally:
+        ray_cluster.kill(other)
+    deadline = time.monotonic() + 30
+    while ray_cluster.available_resources().get("CPU", 0) < 4 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    time.sleep(3)  # a controller left behind would take its worker's CPU now
+    assert ray_cluster.available_resources().get("CPU", 0) == 4
+    assert not (tmp_path / c.run_name / "result.json").exists()
 
 
 def test_a_preemption_is_never_checkpointed_at_an_epochs_last_step():

@@ -1,5 +1,5 @@
 """What each replica's train step receives with two MultiWorkerMirroredStrategy workers: the input
-that ``fit`` gets (worker.per_replica_input over Loads.train_dataset), checked image by image.
+that ``fit`` gets (worker.per_replica_input over WorkerData.train_dataset), checked image by image.
 
 Each image is known by the digest of its pixels, decoded from the release's own JPEG files with
 Pillow (not by tinyray's pipeline). With ``augment: none`` a replica's batch is those pixels ÷ 255,
@@ -37,15 +37,15 @@ def probe_loop(out_dir: str, resume_at: int):
     def loop(config):
         import ray.train
 
-        from tinyray.data.pipeline import Augment, Loads
+        from tinyray.data.pipeline import Augment, WorkerData
         from tinyray.models import create_model
         from tinyray.tfk import keras, tf
-        from tinyray.worker import Collective, ImageCount, make_strategy, per_replica_input, setup_tensorflow
+        from tinyray.worker import CrossWorkerSums, ImageCount, make_strategy, per_replica_input, setup_tensorflow
 
         cfg, steps = TrainConfig.from_dict(config["train"]), config["steps"]
         ctx = ray.train.get_context()
         rank = ctx.get_world_rank()
-        loads = Loads(cfg, rank, ctx.get_world_size())
+        loads = WorkerData(cfg, rank, ctx.get_world_size())
         setup_tensorflow(cfg)
         strategy = make_strategy(cfg)
         with strategy.scope():
@@ -67,7 +67,7 @@ def probe_loop(out_dir: str, resume_at: int):
             return inner(data)
 
         model.train_step = train_step
-        collective = Collective(strategy, model, *loads.val(), cfg.batch_size)
+        collective = CrossWorkerSums(strategy, model, *loads.val(), cfg.batch_size)
         build = loads.train_dataset(cfg.batch_size, seed=7, augment=Augment.of(cfg, config["num_classes"]),
                                     steps=steps)
 

@@ -172,7 +172,8 @@ def run_probes(shapes: list[tuple[float, float]], data: str | None, endpoint_url
         rows.append(row)
         failures += [f"{row['shape']} node {row['node']}: {f}" for f in row["failures"]]
     if pending:
-        from tinyray.cluster import autoscaler_status, launch_failures, resource_wait_line
+        from tinyray.cluster import autoscaler_status
+        from tinyray.resources import launch_failures, resource_wait_line
 
         why = launch_failures(autoscaler_status())  # an IAM denial or no capacity, named
     for ref, (cpus, gpus) in pending.items():

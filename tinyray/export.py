@@ -115,14 +115,14 @@ def export_model(experiment: str, dest: str, trial_name: str | None = None,
                  opts: StorageOptions | None = None, force: bool = False) -> str:
     """Write the chosen trial of ``experiment`` as a self-contained folder at ``dest``; return it.
     A ``dest`` that holds files is refused unless ``force`` (which replaces it whole)."""
-    from tinyray.report import load_experiment
+    from tinyray.folders import load_experiment, run_folder
 
     opts = opts or StorageOptions.from_env()
     if not force and storage.list_files(dest, opts):  # before any model is loaded
         raise TinyrayError(f"{dest} is not empty: pass --force to replace it whole")
     _, trials = load_experiment(experiment, opts)
     trial = choose_trial(trials, trial_name)
-    run_dir = storage.join(experiment, "train-runs", TrainConfig.from_dict(trial.config).run_name)
+    run_dir = run_folder(experiment, trial.config)
     result = json.loads(storage.read_bytes(storage.join(run_dir, RESULT_FILE), opts))
     trained = storage.join(run_dir, "model", "model.keras")
     model = load_model_file(storage.read_bytes(trained, opts), trained)

@@ -1,11 +1,7 @@
-"""The comparison report: an experiment folder → report.md, report.html (plots embedded),
-results.csv and results.json.
-
-It reads what Tune leaves in the experiment folder — per trial ``params.json`` (its grid axes),
-``result.json`` (one JSON line per reported epoch) and ``error.txt`` (a failed trial) — plus
-tinyray's ``sweep.json`` (whose ``train:`` base, with a trial's axes over it, is that trial's
-TrainConfig), so it works on finished and interrupted experiments alike, locally or
-in s3://, with no Ray running. The tables are pure functions of the trial records.
+"""The comparison report: an experiment's trials (read back by ``folders.load_experiment``) →
+report.md, report.html (plots embedded), results.csv and results.json. It works on finished and
+interrupted experiments alike, locally or in s3://, with no Ray running. The tables are pure
+functions of the trial records.
 """
 from __future__ import annotations
 
@@ -13,144 +9,19 @@ import csv
 import io
 import json
 import statistics
-from dataclasses import dataclass, field
 
 from tinyray import plots
-from tinyray.cluster import DRIVER_RESOURCE
 from tinyray.config import TrainConfig
 from tinyray.data import storage
 from tinyray.data.storage import StorageOptions
 from tinyray.errors import TinyrayError
+from tinyray.folders import SWEEP_FILE, TRAIN_RUNS, Trial, load_experiment
 from tinyray.models import REGISTRY, SEED_MODELS
-from tinyray.evaluate import EVAL_FILE
-from tinyray.console import trial_label
+from tinyray.resources import DRIVER_RESOURCE
 from tinyray.render import Bullets, Code, Image, Section, Table, bold, code, csv_cell, para, to_html, to_markdown
-from tinyray.sweep import SWEEP_META
 
 RESULT_FIELDS = ("status", "epochs_run", "best_epoch", "train_accuracy", "val_accuracy", "val_top5_accuracy", "gap",
                  "params", "training_seconds", "images_per_second", "error")
-
-
-@dataclass
-class Trial:
-    trial: str  # Tune's trial folder name
-    axes: dict  # this trial's grid axes (Tune's params)
-    config: dict  # its whole TrainConfig: the sweep's train: base with the axes over it
-    history: list[dict] = field(default_factory=list)  # one dict per epoch, in order
-    error: str | None = None
-    status: str = "completed"  # completed | stopped early | failed | incomplete
-    evaluation: dict | None = None  # the run's eval.json (completed runs)
-
-    model = property(lambda self: self.config["model"])
-    optimizer = property(lambda self: self.config["optimizer"])
-    lr = property(lambda self: self.config["lr"])
-    epochs_planned = property(lambda self: self.config["epochs"])
-
-    @property
-    def variant(self) -> str:
-        """The axes other than the model, e.g. ``optimizer=adam lr=0.001`` (or the base's)."""
-        rest = {k: v for k, v in self.axes.items() if k != "model"}
-        return trial_label(rest) if rest else f"{self.optimizer} lr={self.lr:g}"
-
-    @property
-    def best(self) -> dict | None:
-        """The epoch with the best val accuracy (ties: the earlier)."""
-        return max(self.history, key=lambda e: (e["val_accuracy"], -e["epoch"])) if self.history else None
-
-    @property
-    def last(self) -> dict | None:
-        return self.history[-1] if self.history else None
-
-    @property
-    def restarts(self) -> list[str]:
-        """Each time the run started again (a lost worker or node, a preemption, a resumed
-        sweep), as where it resumed: the epochs report the checkpoint their attempt began at."""
-        out, attempt = [], (0, 0)  # the first attempt starts at the beginning
-        for e in self.history:
-            at = (e.get("resumed_from_epoch", 0), e.get("resumed_at_step", 0))
-            if at != attempt:
-                out.append(f"at step {at[1]} of epoch {at[0] + 1}" if at[1] else f"after epoch {at[0]}")
-            attempt = at
-        return out
-
-
-def trial_status(history: list[dict], planned: int, error: str | None, scheduler: str) -> str:
-    if error:
-        return "failed"
-    if history and history[-1]["epoch"] >= planned:
-        return "completed"
-    return "stopped early" if scheduler == "asha" and history else "incomplete"
-
-
-def failure_line(error_text: str | None) -> str | None:
-    """The one line a failed trial ends in, from Tune's error.txt: the TinyrayError message that
-    ``tinyray train`` would print, else the traceback's last line."""
-    lines = [l.strip() for l in (error_text or "").splitlines() if l.strip()]
-    if not lines:
-        return None
-    ours = [l.split("TinyrayError: ", 1)[1] for l in lines if "TinyrayError: " in l]
-    return (ours[-1] if ours else lines[-1])[:500]
-
-
-def parse_trial(name: str, axes: dict, base: dict, result_lines: str, error: str | None, scheduler: str) -> Trial:
-    """One trial from Tune's files (pure). Epochs reported twice (a restarted trial) keep the
-    last report, so every epoch appears once."""
-    by_epoch = {}
-    for line in result_lines.splitlines():
-        if line.strip():
-            row = json.loads(line)
-            if "epoch" in row:
-                by_epoch[int(row["epoch"])] = {k: v for k, v in row.items() if k != "config"}
-    history = [by_epoch[k] for k in sorted(by_epoch)]
-    config = TrainConfig.from_dict({**base, **axes}).to_dict()
-    err = failure_line(error)
-    return Trial(name, dict(axes), config, history, err, trial_status(history, config["epochs"], err, scheduler))
-
-
-def load_experiment(uri: str, opts: StorageOptions | None = None) -> tuple[dict, list[Trial]]:
-    """sweep.json and every trial of the experiment at ``uri``."""
-    import pyarrow.fs as pafs
-
-    opts = opts or StorageOptions.from_env()
-    try:
-        meta = json.loads(storage.read_bytes(storage.join(uri, SWEEP_META), opts))
-    except FileNotFoundError:
-        raise TinyrayError(f"{uri} is not a tinyray experiment (no {SWEEP_META})") from None
-    if not isinstance(meta.get("sweep", {}).get("scheduler"), dict) or "train" not in meta["sweep"]:
-        raise TinyrayError(f"{uri} was written by an older tinyray (its sweep has no train: and grid:); "
-                           "run the sweep again to report it")
-    scheduler = meta["sweep"]["scheduler"]["type"]
-    # each trial ran base + axes, on the sweep's data, in the experiment's train-runs/ (sweep.run_sweep)
-    base = {**meta["sweep"]["train"], "data": meta["data"], "storage": storage.join(uri, "train-runs")}
-    fs, root = storage.filesystem(uri, opts)
-    trials = []
-    for info in sorted(fs.get_file_info(pafs.FileSelector(root)), key=lambda i: i.path):
-        if info.type != pafs.FileType.Directory:
-            continue
-        folder = info.base_name
-        params = _read_optional(storage.join(uri, folder, "params.json"), opts)
-        if params is None:
-            continue  # not a trial folder (train-runs/, ...)
-        result = _read_optional(storage.join(uri, folder, "result.json"), opts) or ""
-        error = _read_optional(storage.join(uri, folder, "error.txt"), opts)
-        trial = parse_trial(folder, json.loads(params), base, result, error, scheduler)
-        run_dir = storage.join(uri, "train-runs", TrainConfig.from_dict(trial.config).run_name)
-        evaluation = _read_optional(storage.join(run_dir, EVAL_FILE), opts)
-        trial.evaluation = json.loads(evaluation) if evaluation else None
-        trials.append(trial)
-    order = {m: i for i, m in enumerate(REGISTRY)}
-    trials.sort(key=lambda t: (order.get(t.model, 99), t.optimizer, t.lr, t.trial))
-    return meta, trials
-
-
-def _read_optional(uri, opts):
-    try:
-        return storage.read_bytes(uri, opts).decode()
-    except FileNotFoundError:
-        return None
-
-
-# ------------------------------------------------------------------------- tables (pure)
 
 
 def axis_columns(trials: list[Trial]) -> list[str]:
@@ -411,7 +282,7 @@ def cross_model_sections(meta: dict, best: dict[str, Trial], images: dict[str, b
 
 
 def _run_folder_note(t: Trial) -> list:
-    folder = code(f"train-runs/{TrainConfig.from_dict(t.config).run_name}")
+    folder = code(f"{TRAIN_RUNS}/{TrainConfig.from_dict(t.config).run_name}")
     if t.status == "completed":
         return ["Its run folder, with result.json, eval.json and model/model.keras: ", folder,
                 " (", code("tinyray export"), " makes it a self-contained model)."]
@@ -473,7 +344,7 @@ def reproduce_section(meta: dict) -> Section:
     sweep, cluster, source = meta["sweep"], meta["cluster"], meta.get("source") or {}
     rerun = f"{sweep['name']}-rerun"
     # sweep.yaml beside this report is the sweep below: the file the job ran, its flags applied
-    sweep_file = storage.join(sweep["storage"], sweep["name"], "sweep.yaml")
+    sweep_file = storage.join(sweep["storage"], sweep["name"], SWEEP_FILE)
     if source.get("embedded_default"):
         command = ["This experiment is the embedded default: the sweep below on a generated sample dataset in an "
                    "embedded object store, both made by the job and gone with it. Run it again with ",

@@ -1,5 +1,5 @@
 """Train one TrainConfig across workers: Ray Train (a DataParallelTrainer with a TF_CONFIG backend)
-and MultiWorkerMirroredStrategy. ``run`` is the one way a config is trained — by ``tinyray train``
+and MultiWorkerMirroredStrategy. ``train_on_ray`` is the one way a config is trained — by ``tinyray train``
 and by every Tune trial of a sweep — and leaves the same run folder either way::
 
     <storage>/<run name>/
@@ -9,8 +9,8 @@ and by every Tune trial of a sweep — and leaves the same run folder either way
         model/classes.json       label index → wnid and name, and the training config
 
     from tinyray.config import RESULT_FILE, STATE_FILE, TrainConfig
-    from tinyray.train import run_training
-    run_training(TrainConfig(model="model2", data="s3://bucket/tiny-imagenet", workers=2))
+    from tinyray.train import train_command
+    train_command(TrainConfig(model="model2", data="s3://bucket/tiny-imagenet", workers=2))
 
 What runs on each worker is in tinyray/worker.py. This module is the driver's side, and imports
 no TensorFlow, so that a user's mistake is reported before TensorFlow or Ray start.
@@ -18,13 +18,12 @@ no TensorFlow, so that a user's mistake is reported before TensorFlow or Ray sta
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 
 from tinyray.config import RESULT_FILE, STATE_FILE, TrainConfig
 from tinyray.data import storage
 from tinyray.data.storage import StorageOptions
-from tinyray.errors import TinyrayError
+from tinyray.errors import TinyrayError, tinyray_message
 
 # ------------------------------------------------------------------------------ the driver
 
@@ -40,7 +39,7 @@ class TrainResult:
 # TensorFlow (ray/train/tensorflow/__init__.py) in every process that unpickles it: the trial
 # driver and Train's controller as well as the workers. The backend below does the same one
 # thing, writing each worker's TF_CONFIG, from a module that imports no TensorFlow, and the
-# workers' loop is reached through ``train_loop`` for the same reason; measured in the closing
+# workers' loop is reached through ``worker_entry`` for the same reason; measured in the closing
 # note of issue 13 (TensorFlow's import is ~3 s of CPU per process on this machine).
 
 
@@ -100,24 +99,24 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def train_loop(config: dict) -> None:
+def worker_entry(config: dict) -> None:
     """Each worker's loop (tinyray/worker.py), imported where it runs: the worker's data starts
     loading first, and TensorFlow's import (~3 s) and the model's construction overlap it."""
     import ray.train
 
-    from tinyray.data.pipeline import Loads
+    from tinyray.data.pipeline import WorkerData
 
     ctx = ray.train.get_context()
-    loads = Loads(TrainConfig.from_dict(config["train"]), ctx.get_world_rank(), ctx.get_world_size())
-    from tinyray.worker import train_loop_per_worker
+    loads = WorkerData(TrainConfig.from_dict(config["train"]), ctx.get_world_rank(), ctx.get_world_size())
+    from tinyray.worker import train_worker
 
-    train_loop_per_worker(config, loads)
+    train_worker(config, loads)
 
 
 def build_trainer(cfg: TrainConfig, manifest: dict, opts: StorageOptions, callbacks=(), board=None, loop=None):
     """The trainer of one run: Ray Train's DataParallelTrainer with MultiWorkerMirroredStrategy's
     TF_CONFIG on each worker (what TensorflowTrainer is, without importing TensorFlow here).
-    ``loop``: another per-worker function in place of ``train_loop`` (the input tests' probe)."""
+    ``loop``: another per-worker function in place of ``worker_entry`` (the input tests' probe)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
 
@@ -130,13 +129,13 @@ def build_trainer(cfg: TrainConfig, manifest: dict, opts: StorageOptions, callba
     summary = {"num_classes": len(manifest["classes"]), "classes": manifest["classes"],
                "train_count": manifest["train"]["count"], "val_count": manifest["val"]["count"]}
     return DataParallelTrainer(
-        loop or train_loop,
+        loop or worker_entry,
         backend_config=__getattr__("MWMSConfig")(),
         train_loop_config={"train": cfg.to_dict(), "num_classes": summary["num_classes"],
                            "steps": steps_per_epoch(manifest["train"]["count"], cfg.batch_size, cfg.workers,
                                                     cfg.replicas_per_worker),
                            "manifest_summary": summary, "provenance": provenance(manifest),
-                           "board": board},  # where rank 0 posts its epoch lines (console.Watch)
+                           "board": board},  # where rank 0 posts its epoch lines (progress.ProgressPrinter)
         scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.gpus_per_worker > 0,
                                      resources_per_worker=resources),
         datasets=train_datasets(cfg.data, manifest, opts, IngestConfig(cache=cfg.cache)),
@@ -196,12 +195,57 @@ def prepare(cfg: TrainConfig, opts: StorageOptions) -> dict:
     return manifest
 
 
-def run(cfg: TrainConfig, opts: StorageOptions, callbacks=(), manifest: dict | None = None,
-        board=None) -> TrainResult:
+def fit_bounded(trainer, watch, every: float = 2.0) -> None:
+    """``trainer.fit()``, ended when its workers wait for a placement longer than ``watch``'s bound
+    (a ``cluster.ResourceWatch``): then ``TinyrayError(watch.reason)``.
+
+    Train V2 retries a worker group it cannot place without end, and its own abort (the SIGINT
+    handler ``fit`` installs) waits on a controller that is itself waiting for the placement. So
+    a poll thread kills the controller that created the late placement group and removes the
+    group, and ``fit`` returns with the controller's death, which is explained here."""
+    import signal
+    import sys
+    import threading
+
+    from tinyray.cluster import stop_late_group
+
+    done = threading.Event()
+    previous = signal.getsignal(signal.SIGINT) if threading.current_thread() is threading.main_thread() else None
+
+    def poll():
+        errors = 0
+        while not done.wait(every):
+            try:
+                if watch.poll():
+                    stop_late_group(watch.late_group or {})
+                    return
+            except Exception as e:  # noqa: BLE001 - a GCS hiccup: the next poll asks again
+                errors += 1
+                if errors == 1:
+                    print(f"tinyray: the wait for this run's workers is not watched for now: {e}",
+                          file=sys.stderr, flush=True)
+
+    threading.Thread(target=poll, daemon=True, name="tinyray-resource-watch").start()
+    try:
+        trainer.fit()
+    except Exception:
+        if watch.reason:
+            raise TinyrayError(watch.reason) from None
+        raise
+    finally:
+        done.set()
+        if previous is not None:  # fit's handler would abort a controller that is gone
+            signal.signal(signal.SIGINT, previous)
+
+
+def train_on_ray(cfg: TrainConfig, opts: StorageOptions, callbacks=(), manifest: dict | None = None,
+        board=None, resources=None) -> TrainResult:
     """Train ``cfg`` on the connected Ray cluster; return what its run folder's result.json holds.
 
     The one code path for ``tinyray train`` and for every Tune trial (which passes Tune's report
-    callback). A failure is one line, the same everywhere it is shown."""
+    callback; Tune's stopper watches its placements). ``resources``: a ``cluster.ResourceWatch``
+    that bounds the wait for this run's workers (see ``fit_bounded``). A
+    failure is one line, the same everywhere it is shown."""
     import os
 
     # Train's controller polls its workers every 2 s by default, so a finished run was noticed
@@ -210,20 +254,25 @@ def run(cfg: TrainConfig, opts: StorageOptions, callbacks=(), manifest: dict | N
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
     trainer = build_trainer(cfg, manifest or prepare(cfg, opts), opts, callbacks, board)
     try:
-        trainer.fit()
+        if resources is not None:
+            fit_bounded(trainer, resources)
+        else:
+            trainer.fit()
+    except TinyrayError as e:
+        raise TinyrayError(f"training {cfg.run_name} stopped: {e}") from None
     except Exception as e:  # noqa: BLE001 - explained in one line; the cause stays chained
         raise explain_training_error(e, cfg, opts) from e
     run_dir = cfg.run_dir
     return TrainResult(run_dir, json.loads(storage.read_bytes(storage.join(run_dir, RESULT_FILE), opts)))
 
 
-def run_training(cfg: TrainConfig, opts: StorageOptions | None = None, address: str | None = None,
+def train_command(cfg: TrainConfig, opts: StorageOptions | None = None, address: str | None = None,
                  verbose: bool = False) -> TrainResult:
     """``tinyray train``: check the config's data and run folder, connect to (or start) Ray, check
-    the run fits, ``run`` it, with a line per epoch (and a progress bar on a terminal)."""
-    from tinyray.cluster import (check_fits, check_shared_storage, cluster_capacity, cluster_nodes, ensure_ray,
-                                 running_autoscaler_config)
-    from tinyray.console import Watch
+    the run fits, ``train_on_ray`` it, with a line per epoch (and a progress bar on a terminal)."""
+    from tinyray.cluster import ResourceWatch, cluster_nodes, ensure_ray, running_autoscaler_config
+    from tinyray.resources import check_fits, check_shared_storage, cluster_capacity
+    from tinyray.progress import ProgressPrinter
 
     opts = (opts or StorageOptions.from_env(cfg.endpoint_url)).for_bucket(cfg.data)
     manifest = prepare(cfg, opts)
@@ -233,8 +282,9 @@ def run_training(cfg: TrainConfig, opts: StorageOptions | None = None, address: 
     check_fits(cfg, *cluster_capacity(live, autoscaler))
     print(f"training {cfg.run_name}: {cfg.workers} worker(s) × {cfg.cpus_per_worker:g} CPU"
           + (f" + {cfg.gpus_per_worker:g} GPU" if cfg.gpus_per_worker else ""), flush=True)
-    with Watch() as watch:
-        out = run(cfg, opts, manifest=manifest, board=watch.handle)
+    resources = ResourceWatch(autoscaling=bool(autoscaler), who="its workers")
+    with ProgressPrinter() as printer:
+        out = train_on_ray(cfg, opts, manifest=manifest, board=printer.handle, resources=resources)
     print(f"run folder: {out.run_dir}")
     return out
 
@@ -275,8 +325,8 @@ def explain_training_error(e: BaseException, cfg: TrainConfig, opts: StorageOpti
             f"training stopped: the object store at {opts.describe()} became unreachable; "
             f"rerun with the same --storage to resume from the last checkpoint"
         )
-    ours = re.findall(r"TinyrayError: (.+)", text)
+    ours = tinyray_message(text)
     if ours:  # a worker's own one-line verdict (a data stall, …) stands as it is
-        return TinyrayError(f"training {cfg.run_name} stopped: {ours[-1].strip()}")
+        return TinyrayError(f"training {cfg.run_name} stopped: {ours}")
     first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     return TinyrayError(f"training {cfg.run_name} failed after {cfg.max_failures} retries: {first[:300]}")

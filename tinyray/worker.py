@@ -3,7 +3,7 @@ the model in MultiWorkerMirroredStrategy's scope (resuming from a checkpoint) �
 worker's data → ``fit`` with ``EpochEnd``, which validates over all workers, checkpoints and
 reports once per epoch → write result.json and model/ (rank 0).
 
-``tinyray.train`` builds the Ray Train trainer whose workers run ``train_loop_per_worker``.
+``tinyray.train`` builds the Ray Train trainer whose workers run ``train_worker``.
 """
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ import time
 import numpy as np
 
 from tinyray.config import PREEMPTED, RESULT_FILE, STATE_FILE, TrainConfig
-from tinyray.console import epoch_line, progress_callback
+from tinyray.console import epoch_line
+from tinyray.progress import progress_callback
 from tinyray.data import storage
 from tinyray.data.storage import StorageOptions
 from tinyray.errors import TinyrayError
@@ -117,7 +118,7 @@ def read_checkpoint(strategy, model, ckpt, directory: str) -> dict:
 
 def setup_tensorflow(cfg: TrainConfig) -> None:
     """Threads, GPUs and precision: must run before TensorFlow's runtime starts in this process."""
-    from tinyray.cluster import thread_counts
+    from tinyray.resources import thread_counts
 
     intra, inter = thread_counts(cfg.cpus_per_worker)
     tf.config.threading.set_intra_op_parallelism_threads(intra)
@@ -172,7 +173,7 @@ class ImageCount:
     """What each replica's train step received, counted inside the step: images, steps, and the
     smallest and largest batch since ``reset``. Wraps the model's ``train_step``; a variable of its
     own (not Keras' metrics, whose logs ``fit`` all-reduces value by value on every step), read
-    per replica only when asked (``Collective.counts``), so no step waits for the host."""
+    per replica only when asked (``CrossWorkerSums.counts``), so no step waits for the host."""
 
     FRESH = (0.0, 0.0, 2.0 ** 52, 0.0)  # images, steps, smallest batch, largest batch
 
@@ -199,7 +200,7 @@ class ImageCount:
             v.assign(self.FRESH)
 
 
-class Collective:
+class CrossWorkerSums:
     """The cross-worker sums an epoch needs: val metrics and the replicas' weight digests.
 
     Validation runs inside ``strategy.run`` (replica context): reading BatchNorm's ON_READ
@@ -282,7 +283,7 @@ class EpochEnd(keras.callbacks.Callback):
 
     _supports_tf_logs = True  # its work is per epoch: no step waits for numpy logs
 
-    def __init__(self, collective: Collective, count: ImageCount, ckpt, state: dict, load_seconds: float,
+    def __init__(self, collective: CrossWorkerSums, count: ImageCount, ckpt, state: dict, load_seconds: float,
                  rank: int, epochs: int, board=None, lr=None):
         super().__init__()
         self.lr = lr if callable(lr) else (lambda step, lr=lr: lr)  # a schedule, or the constant
@@ -382,13 +383,13 @@ def checkpoint_and_report(ckpt, state: dict, rank: int) -> None:
         ray.train.report(state["history"][-1], checkpoint=checkpoint)
 
 
-def train_loop_per_worker(config: dict, loads=None) -> None:
-    """One worker's run. ``loads`` (data.pipeline.Loads) was started before TensorFlow was
-    imported (train.train_loop), so that reading and decoding overlap the import and the model's
+def train_worker(config: dict, loads=None) -> None:
+    """One worker's run. ``loads`` (data.pipeline.WorkerData) was started before TensorFlow was
+    imported (train.worker_entry), so that reading and decoding overlap the import and the model's
     construction."""
     import ray.train
 
-    from tinyray.data.pipeline import Augment, Loads
+    from tinyray.data.pipeline import Augment, WorkerData
     from tinyray.models import create_model
     from tinyray.recipe import learning_rate, make_loss, make_optimizer
 
@@ -396,7 +397,7 @@ def train_loop_per_worker(config: dict, loads=None) -> None:
     started = time.perf_counter()
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    loads = loads or Loads(cfg, rank, world)
+    loads = loads or WorkerData(cfg, rank, world)
     setup_tensorflow(cfg)
     strategy = make_strategy(cfg)
     replicas = cfg.replicas_per_worker
@@ -419,7 +420,7 @@ def train_loop_per_worker(config: dict, loads=None) -> None:
         print(f"rank {rank}: resuming {cfg.run_name} after epoch {state['epochs_done']}", flush=True)
 
     val_images, val_labels = loads.val()
-    collective = Collective(strategy, model, val_images, val_labels, cfg.batch_size)
+    collective = CrossWorkerSums(strategy, model, val_images, val_labels, cfg.batch_size)
 
     def finish():  # every worker: the class-by-class evaluation and the weights are collectives
         evaluation = class_report(*collective.class_tally(num_classes), config["manifest_summary"]["classes"])
@@ -428,7 +429,7 @@ def train_loop_per_worker(config: dict, loads=None) -> None:
     if state["epochs_done"] < cfg.epochs:
         build = loads.train_dataset(cfg.batch_size, seed=cfg.seed * 1000 + rank, augment=augment, steps=steps,
                                     replicas=replicas)
-        board = config.get("board")  # `tinyray train`'s console (console.Watch); None in a Tune trial
+        board = config.get("board")  # `tinyray train`'s console (progress.ProgressPrinter); None in a Tune trial
         preemption = PreemptionCheck(ckpt, state, rank, min(PREEMPTION_CHECK_STEPS, max(1, steps // 4)), steps,
                                      counted=lambda: collective.counts(count)[:2])
         callbacks = [EpochEnd(collective, count, ckpt, state, loads.seconds, rank, cfg.epochs, board, lr), preemption]

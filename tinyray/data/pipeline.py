@@ -30,14 +30,15 @@ from tinyray.data import storage
 from tinyray.data.stage import IMAGE_SIZE
 from tinyray.data.storage import StorageOptions
 from tinyray.errors import TinyrayError
+from tinyray.resources import READ_CPUS, stall_message
 
 
 @dataclass(frozen=True)
 class IngestConfig:
     cache: str = "memory"
     # Ray Data tasks need CPUs that the Train workers do not hold; fractional CPUs let reads run
-    # beside the workers on a small node. Sizing a run keeps this much free (cluster.DATA_CPUS).
-    read_cpus: float = 0.25
+    # beside the workers on a small node. Sizing a run keeps this much free (resources.READ_CPUS).
+    read_cpus: float = READ_CPUS
     decode_batch: int = 512
     # Threads decoding JPEGs as batches arrive (Pillow releases the GIL while it decodes): the
     # CPUs the worker holds, since the first epoch waits for the whole split.
@@ -161,7 +162,7 @@ def data_config():
 def within(batches, seconds: float, stalled):
     """Yield from ``batches``, each within ``seconds`` of the one before, or raise ``stalled()``.
 
-    A read that Ray cannot schedule blocks forever and says nothing (cluster.LIST_CPUS): the
+    A read that Ray cannot schedule blocks forever and says nothing (resources.LIST_CPUS): the
     batches are pulled by a daemon thread, and the wait for each is bounded here. On a stall the
     thread stays blocked in Ray's iterator; the worker process ends with the run."""
     import queue
@@ -222,7 +223,7 @@ def load_into_memory(iterator, ingest: IngestConfig, keep=None, timeout: float |
     return np.concatenate(images), np.concatenate(labels)
 
 
-class Loads:
+class WorkerData:
     """A Train worker's data, read and decoded in the background from the moment its loop starts,
     while TensorFlow is imported and the model built: the val split (this rank's files), then, in
     ``memory`` mode, the train shard. ``val()`` / ``train()`` wait for them."""
@@ -284,7 +285,6 @@ def data_stalled(cfg, split: str) -> TinyrayError:
     has free now, while this run's workers hold theirs, and a request that would fit."""
     import ray
 
-    from tinyray.cluster import stall_message
 
     return TinyrayError(stall_message(cfg, split, cfg.data_timeout, ray.available_resources().get("CPU", 0.0),
                                       ray.cluster_resources().get("CPU", 0.0)))

@@ -17,14 +17,15 @@ from tinyray.data import storage
 from tinyray.data.storage import StorageOptions
 from tinyray.errors import TinyrayError
 from tinyray.models import SEED_MODELS
-from tinyray.sweep import SWEEP_META, SweepConfig, load_sweep
+from tinyray.folders import SWEEP_META
+from tinyray.sweepfile import SweepConfig, load_sweep
 
 EMBEDDED_SWEEP = "smoke"  # the shipped sweep file the embedded default runs
 EMBEDDED_BUCKET, EMBEDDED_DATA = "tinyray", "s3://tinyray/sample"
 SAMPLE_FOR_SMOKE = {"classes": 10, "train_per_class": 24, "val_per_class": 6}
 
 
-def job_sweep(config: str | None, overrides: dict) -> tuple[SweepConfig, bool]:
+def resolve_sweep(config: str | None, overrides: dict) -> tuple[SweepConfig, bool]:
     """(the sweep to run, whether it is the embedded default) from the job's flags."""
     embedded = overrides.get("data") is None
     if config is None and embedded:
@@ -43,17 +44,18 @@ def experiment_exists(uri: str, opts: StorageOptions) -> bool:
         return False
 
 
-def train_all(config: str | None, overrides: dict, resume: bool = False, address: str | None = None,
+def run_main_job(config: str | None, overrides: dict, resume: bool = False, address: str | None = None,
               cluster_config_path: str | None = None, verbose: bool = False) -> str:
     """Run (or resume) the sweep and write its report; return the report's URI."""
     from tinyray.cluster import ensure_ray, load_cluster_config
     from tinyray.data.sample import SampleSpec, write_sample
     from tinyray.data.stage import StageConfig, stage_dataset
     from tinyray.data.storage import EmbeddedS3
-    from tinyray.report import load_experiment, write_report
+    from tinyray.folders import load_experiment
+    from tinyray.report import write_report
     from tinyray.sweep import run_sweep
 
-    cfg, embedded_default = job_sweep(config, overrides)
+    cfg, embedded_default = resolve_sweep(config, overrides)
     cluster_config = load_cluster_config(cluster_config_path)
     embedded = None
     try:
