@@ -111,7 +111,13 @@ def test_fake_cluster_config_mirrors_the_aws_node_types():
 
     fake, aws = load("fake-gpu.yaml"), load("aws-gpu.yaml")
     validate_config(fake)
-    assert set(fake["available_node_types"]) <= set(aws["available_node_types"])
+    workers = set(fake["available_node_types"]) - {fake["head_node_type"]}
+    assert workers and workers <= set(aws["available_node_types"])
+    # the head under the name Ray's fake provider gives its head node: any other name and the
+    # autoscaler churns "head" nodes (it finds no entry for the running one)
+    from ray.autoscaler._private.fake_multi_node.node_provider import FAKE_HEAD_NODE_TYPE
+
+    assert fake["head_node_type"] == FAKE_HEAD_NODE_TYPE
     assert fake["available_node_types"]["gpu_1x"]["resources"]["GPU"] == 1
 
 
@@ -180,6 +186,9 @@ def test_a_gpu_sweep_makes_the_autoscaler_add_and_remove_nodes(staged, s3, tmp_p
         nodes = list_nodes(address=address, detail=True)
         gpu_nodes = [n for n in nodes if n.resources_total.get("GPU")]
         assert gpu_nodes, "the autoscaler started no GPU node"
+        # and nothing else: every node it ever started (dead ones included) was one the work asked for
+        assert all(n.is_head_node or n.resources_total.get("GPU") for n in nodes), [
+            (n.node_id[-5:], n.state, n.resources_total) for n in nodes]
         # idle GPU nodes are removed (idle_timeout_minutes: 0.1)
         deadline = time.time() + 120
         while time.time() < deadline:

@@ -133,8 +133,46 @@ def test_beyond_yaml_lists_its_two_recipes_as_trials():
     assert model5.weights.endswith("resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5")
     assert cfg.axes[:3] == ["model", "optimizer", "nesterov"] and cfg.planned_trials == 2
     # Tune runs exactly these two, each axis a flat parameter
-    space, searcher, n = search_plan(cfg)
+    space, searcher, n = search_plan(cfg, 1)
     assert n == 2 and set(space) == set(cfg.axes) and searcher._points_to_evaluate == cfg.combinations()
+
+
+@pytest.mark.parametrize("text", [
+    "train: {model: tinycnn, epochs: 1}\ngrid: [{lr: 0.1}, {lr: 0.2}]\n",
+    "train: {model: tinycnn, epochs: 1}\ngrid: {lr: [0.1, 0.2]}\n",
+    "search: random\nnum_samples: 3\ntrain: {model: tinycnn, epochs: 1}\nspace: {lr: {uniform: [0.1, 0.2]}}\n",
+    "search: optuna\nnum_samples: 3\ntrain: {model: tinycnn, epochs: 1}\nspace: {lr: {uniform: [0.1, 0.2]}}\n",
+])
+def test_every_shape_of_sweep_holds_its_concurrency_in_the_searcher(text):
+    """Tune ignores max_concurrent_trials for a searcher handed to it ready-made (a listed grid
+    and a random search are BasicVariantGenerators), so the limit must be the searcher's own."""
+    from tinyray.sweep import search_plan
+
+    _, searcher, _ = search_plan(parse_sweep(text), 3)
+    assert searcher.max_concurrent == 3
+
+
+@pytest.mark.ray
+def test_a_listed_grid_runs_no_more_trials_at_once_than_the_sweep_allows(ray_cluster, tmp_path):
+    from ray import tune
+
+    from tinyray.sweep import search_plan
+
+    space, searcher, n = search_plan(parse_sweep("train: {model: tinycnn, epochs: 1}\ngrid: [{lr: 0.1}, {lr: 0.2}, {lr: 0.3}]\n"), 1)
+    marks = tmp_path / "marks"
+    marks.mkdir()
+
+    def trial(config):  # each trial notes the window it ran in
+        start = time.time()
+        time.sleep(1.5)
+        (marks / str(config["lr"])).write_text(f"{start} {time.time()}")
+
+    tune.Tuner(tune.with_resources(trial, {"CPU": 0.25}), param_space=space,
+               tune_config=tune.TuneConfig(search_alg=searcher, num_samples=n),
+               run_config=tune.RunConfig(storage_path=str(tmp_path / "exp"), verbose=0)).fit()
+    windows = sorted(tuple(map(float, f.read_text().split())) for f in marks.iterdir())
+    assert len(windows) == 3
+    assert all(end <= next_start for (_, end), (next_start, _) in zip(windows, windows[1:])), windows
 
 
 @pytest.mark.parametrize("grid,message", [
@@ -197,7 +235,7 @@ def test_a_search_checks_every_corner_of_its_space_before_tune_starts():
     # ints are drawn as ints, bounds included
     from tinyray.sweep import search_plan
 
-    space, _, n = search_plan(parse_sweep(SEARCH.replace("  lr:", "  warmup_epochs: {uniform: [0, 2]}\n  lr:")))
+    space, _, n = search_plan(parse_sweep(SEARCH.replace("  lr:", "  warmup_epochs: {uniform: [0, 2]}\n  lr:")), 1)
     assert n == 6 and {space["warmup_epochs"].sample() for _ in range(200)} == {0, 1, 2}
 
 
@@ -674,12 +712,22 @@ def test_a_trial_that_cannot_get_its_data_fails_in_one_line_and_the_sweep_goes_o
 
     from tinyray.sweep import run_sweep
 
+    from ray.util.state import list_actors
+
+    def ended_trainings():  # Train controllers that have ended, on the whole session cluster
+        return len(list_actors(filters=[("class_name", "=", "TrainController"), ("state", "=", "DEAD")],
+                               limit=10_000, raise_on_missing_output=False))
+
     other = hold_cpus(2.75)
     exp = tmp_path / "exp" / "starved"
+    before = ended_trainings()
 
     def end_the_other_job_once_a_trial_failed():
+        # The first trial's end is its Train controller's end: Tune writes the trial's error.txt
+        # in a driver-side staging folder and copies it to the experiment only later, by which
+        # time the second trial may have waited out its own --data-timeout.
         deadline = time.time() + 300
-        while time.time() < deadline and not glob.glob(str(exp / "*" / "error.txt")):
+        while time.time() < deadline and ended_trainings() == before:
             time.sleep(0.5)
         ray.kill(other)
 

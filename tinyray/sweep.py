@@ -202,12 +202,12 @@ def run_sweep(cfg: SweepConfig, data: str, opts: StorageOptions | None = None, r
         print(f"resuming sweep {exp_uri}: finished trials are kept, unfinished ones continue", flush=True)
         tuner = tune.Tuner.restore(experiment_dir, trainable, resume_errored=True, storage_filesystem=fs)
     else:
-        param_space, search_alg, num_samples = search_plan(cfg)
+        param_space, search_alg, num_samples = search_plan(cfg, concurrency)
         tuner = tune.Tuner(
             trainable,
             param_space=param_space,
             tune_config=tune.TuneConfig(metric=METRIC, mode="max", scheduler=scheduler, search_alg=search_alg,
-                                        num_samples=num_samples, max_concurrent_trials=concurrency),
+                                        num_samples=num_samples),  # the limit is the searcher's
             run_config=tune.RunConfig(name=cfg.name, storage_path=exp_path, storage_filesystem=fs,
                                       failure_config=tune.FailureConfig(max_failures=0),
                                       stop=__getattr__("ResourceStopper")(),
@@ -247,34 +247,35 @@ def capacity_line(live: list[dict], autoscaler: dict) -> str:
     return f"{len(live)} live node(s); the autoscaler can add up to " + ("; ".join(grow) or "nothing")
 
 
-def search_plan(cfg: SweepConfig):
-    """(param_space, search_alg, num_samples) of Tune for the sweep's ``search:``.
+def search_plan(cfg: SweepConfig, concurrency: int):
+    """(param_space, search_alg, num_samples) of Tune for the sweep's ``search:``, the searcher
+    holding the concurrency limit itself: Tune applies ``max_concurrent_trials`` only to a searcher
+    it builds or wraps, and ignores it (with a warning) for a BasicVariantGenerator passed in, so a
+    listed grid or a random search would otherwise start every trial at once.
 
     grid: every combination, once (a listed grid: each listed trial, once). random: ``num_samples`` independent draws of the space,
     seeded. optuna: Optuna's TPE sampler proposes each trial from the results so far; its first
     third (at most 10) are random draws, so that TPE has something to model on a small budget
     (Optuna's own default, 10 random trials, would be the whole of a 6-trial search)."""
     from ray import tune
+    from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
 
     if cfg.listed:  # exactly the listed trials, as points to evaluate, each axis a flat parameter
-        from ray.tune.search import BasicVariantGenerator
-
         points = cfg.combinations()
         space = {axis: tune.choice(list({json.dumps(p[axis]): p[axis] for p in points}.values())) for axis in cfg.axes}
-        return space, BasicVariantGenerator(points_to_evaluate=points), len(points)
+        return space, BasicVariantGenerator(points_to_evaluate=points, max_concurrent=concurrency), len(points)
     if cfg.search == "grid":
-        return {axis: tune.grid_search(values) for axis, values in cfg.grid.items()}, None, 1
+        return ({axis: tune.grid_search(values) for axis, values in cfg.grid.items()},
+                BasicVariantGenerator(max_concurrent=concurrency), 1)
     space = {axis: tune_domain(axis, spec) for axis, spec in cfg.space.items()}
     if cfg.search == "random":
-        from ray.tune.search import BasicVariantGenerator
-
-        return space, BasicVariantGenerator(random_state=cfg.search_seed), cfg.num_samples
+        return space, BasicVariantGenerator(random_state=cfg.search_seed, max_concurrent=concurrency), cfg.num_samples
     import optuna
     from ray.tune.search.optuna import OptunaSearch
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # quiet: its per-trial INFO lines
     sampler = optuna.samplers.TPESampler(seed=cfg.search_seed, n_startup_trials=min(10, max(2, cfg.num_samples // 3)))
-    return space, OptunaSearch(sampler=sampler), cfg.num_samples
+    return space, ConcurrencyLimiter(OptunaSearch(sampler=sampler), max_concurrent=concurrency), cfg.num_samples
 
 
 def check_resume(cfg: "SweepConfig", data: str, opts: StorageOptions) -> dict | None:
