@@ -193,3 +193,30 @@ def submit_job(address, env, entrypoint, runtime_env=None, wait=True, timeout=12
         if "No available agent to submit job" not in out.stderr or time.time() > deadline:
             return out
         time.sleep(3)
+
+
+# ------------------------------------------------- what the machine held around each test (opt-in)
+
+LOAD_LOG = os.environ.get("TINYRAY_TEST_LOAD_LOG")
+
+
+@pytest.fixture(autouse=True)
+def _load_log(request):
+    """With TINYRAY_TEST_LOAD_LOG=FILE: one line per test with its duration, the machine's
+    process count and load average after it, and the Ray processes still alive, to find what a
+    long suite accumulates (the same test ran 2x slower in the full suite than alone)."""
+    if not LOAD_LOG:
+        yield
+        return
+    import time
+
+    import psutil
+
+    start = time.time()
+    yield
+    procs = list(psutil.process_iter(["name", "cmdline", "status"]))
+    ray_procs = sum(1 for p in procs if p.info["status"] != psutil.STATUS_ZOMBIE
+                    and any("ray" in part for part in (p.info["cmdline"] or [])[:2]))
+    with open(LOAD_LOG, "a") as f:
+        f.write(f"{time.time() - start:8.1f}s  procs {len(procs):4d}  ray {ray_procs:3d}  "
+                f"load {os.getloadavg()[0]:5.2f}  {request.node.nodeid}\n")

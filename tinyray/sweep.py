@@ -10,6 +10,7 @@ under these names, so that ``--resume`` finds them again.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -197,8 +198,20 @@ def run_sweep(cfg: SweepConfig, data: str, opts: StorageOptions | None = None, r
     experiment_dir = f"{exp_path}/{cfg.name}"
 
     keep_credentials_out_of_tune()
+    restoring = resume and tune.Tuner.can_restore(experiment_dir, storage_filesystem=fs)
+    if restoring and resumed:
+        # Tune restores its searcher whole, and the limit is the searcher's (search_plan): a
+        # resumed sweep runs at the concurrency it started with, so that is what it says and records
+        started_at = resumed.get("cluster", {}).get("max_concurrent_trials")
+        if isinstance(started_at, int) and started_at != concurrency:
+            print(f"resuming at {started_at} trials at a time, as the sweep started (Tune restores its "
+                  f"searcher as it was; {concurrency} needs a new --name)", flush=True)
+            concurrency = started_at
+            # sweep.json keeps the sweep as it runs; its resumes list what was asked
+            cfg = dataclasses.replace(cfg, max_concurrent_trials=resumed["sweep"].get("max_concurrent_trials",
+                                                                                      started_at))
     write_sweep_meta(cfg, data, manifest, live, concurrency, opts, source or {}, resumed)
-    if resume and tune.Tuner.can_restore(experiment_dir, storage_filesystem=fs):
+    if restoring:
         print(f"resuming sweep {exp_uri}: finished trials are kept, unfinished ones continue", flush=True)
         tuner = tune.Tuner.restore(experiment_dir, trainable, resume_errored=True, storage_filesystem=fs)
     else:
