@@ -242,6 +242,47 @@ def test_the_resource_watch_ends_only_a_wait_longer_than_its_bound():
     assert "waited 61 s for 1 CPU + 1 GPU" in watch.reason
 
 
+def test_the_resource_watch_follows_a_run_through_the_groups_train_makes_anew():
+    """Train removes a placement group it could not place within 60 s and asks again with a new
+    one: the wait is the controller's, across its groups, until one of them is placed."""
+    from tinyray.cluster import ResourceWatch
+
+    now = [0.0]
+    watch = ResourceWatch(timeout=1200, clock=lambda: now[0])
+    ctrl, other = "a1" * 14, "b2" * 14  # two runs' controllers (actor ids)
+
+    def group(state, creator, n):
+        return {f"pg{n}": {"state": state, "creator_actor_id": creator, "bundles": {0: {"CPU": 1.0}}}}
+
+    placed_elsewhere = group("CREATED", other, 0)
+    for n in range(20):  # a new group each minute, each pending 58 s, a second apart
+        now[0] = n * 60.0
+        assert not watch.poll({**group("PENDING", ctrl, n + 1), **placed_elsewhere}, status={})
+        now[0] = n * 60.0 + 58
+        assert not watch.poll({**group("PENDING", ctrl, n + 1), **placed_elsewhere}, status={})
+        now[0] = n * 60.0 + 59
+        assert not watch.poll(placed_elsewhere, status={})  # between two groups: none pending
+    now[0] = 1201.0
+    assert watch.poll(group("PENDING", ctrl, 21), status={})
+    assert "waited 1201 s for 1 CPU" in watch.reason and watch.late_group["creator_actor_id"] == ctrl
+    # one of its groups placed stops the clock; so does a long absence (the run moved on)
+    again = ResourceWatch(timeout=100, clock=lambda: now[0])
+    now[0] = 0.0
+    again.poll(group("PENDING", ctrl, 1), status={})
+    now[0] = 90.0
+    again.poll(group("CREATED", ctrl, 1), status={})
+    now[0] = 150.0
+    assert not again.poll(group("PENDING", ctrl, 2), status={})
+    now[0] = 200.0
+    again.poll({}, status={})
+    now[0] = 240.0  # 40 s without a pending group: forgotten
+    assert not again.poll(group("PENDING", ctrl, 3), status={})
+    now[0] = 339.0
+    assert not again.poll(group("PENDING", ctrl, 3), status={})
+    now[0] = 341.0
+    assert again.poll(group("PENDING", ctrl, 3), status={})
+
+
 # What EKS lets pods allocate on each instance type: vCPU less kubelet's CPU reserve (6 % of the
 # first core, 1 % of the next, 0.5 % of the next two, 0.25 % beyond) and memory less kube-reserved
 # (255 MiB + 11 MiB per pod at the type's max pods) and the 100 MiB eviction threshold.

@@ -10,7 +10,10 @@ import socket
 
 from tinyray.data.storage import StorageOptions
 from tinyray.errors import TinyrayError
-from tinyray.resources import DRIVER_RESOURCE, RESOURCE_TIMEOUT, launch_failures, resource_wait_line
+from tinyray.resources import (DRIVER_RESOURCE, RESOURCE_TIMEOUT, STARTUP_CONCURRENCY, launch_failures,
+                               resource_wait_line)
+
+STARTUP_CONCURRENCY_ENV = "RAY_worker_maximum_startup_concurrency"
 
 CURRENT_CLUSTER_FILE = "/tmp/ray/ray_current_cluster"
 
@@ -46,6 +49,8 @@ def ensure_ray(opts: StorageOptions, address: str | None = None, driver_slots: b
     kwargs = {}
     if address == "local" and driver_slots:
         kwargs["resources"] = {DRIVER_RESOURCE: os.cpu_count() or 1}
+    if address == "local":  # the raylet started here reads it from this environment
+        os.environ.setdefault(STARTUP_CONCURRENCY_ENV, str(STARTUP_CONCURRENCY))
     ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=verbose,
              logging_level=logging.INFO if verbose else logging.WARNING, **kwargs)
     if address == "local":
@@ -208,48 +213,67 @@ def stop_late_group(group: dict) -> None:
     remove_placement_group(PlacementGroup(ray.PlacementGroupID(bytes.fromhex(group["placement_group_id"]))))
 
 
-def pending_placements() -> dict[str, dict]:
-    """This job's placement groups that wait to be placed, as ``placement_group_table()`` shows
-    them. Other jobs' groups are left out: a sweep or run is never ended by another user's wait
-    (the public table does not say whose a group is; the GCS's record does)."""
+def job_placements() -> dict[str, dict]:
+    """This job's placement groups that wait to be placed or are placed, as
+    ``placement_group_table()`` shows them, each with its creator (Train's controller, for a
+    run's workers). Other jobs' groups are left out: a sweep or run is never ended by another
+    user's wait (the public table does not say whose a group is; the GCS's record does)."""
     import ray
     from ray._private import state
     from ray.core.generated import gcs_pb2
 
     job = ray.get_runtime_context().get_job_id()
+    table = gcs_pb2.PlacementGroupTableData
     out = {}
     for raw in state.state._connect_and_get_accessor().get_placement_group_table():
-        data = gcs_pb2.PlacementGroupTableData.FromString(raw)
-        if data.creator_job_id.hex() == job and data.state == gcs_pb2.PlacementGroupTableData.PENDING:
+        data = table.FromString(raw)
+        if data.creator_job_id.hex() == job and data.state in (table.PENDING, table.CREATED):
             info = state.state._gen_placement_group_info(data)
-            info["creator_actor_id"] = data.creator_actor_id.hex()  # Train's controller, for a run
+            info["creator_actor_id"] = data.creator_actor_id.hex()
             out[info["placement_group_id"]] = info
     return out
 
 
+def pending_placements() -> dict[str, dict]:
+    """This job's placement groups that wait to be placed (``job_placements``, pending only)."""
+    return {pid: g for pid, g in job_placements().items() if g.get("state") == "PENDING"}
+
+
 class ResourceWatch:
-    """Ends a wait for resources that nothing will satisfy: a placement group of this job's Train
-    workers that stays PENDING longer than ``timeout`` makes ``poll()`` true, and ``reason`` is the
-    one line the wait ends in. Polled by Tune in a sweep (as a Stopper, see
-    ``sweep.resource_stopper``) and by ``train.fit_bounded`` for ``tinyray train``."""
+    """Ends a wait for resources that nothing will satisfy: workers of this job that stay
+    unplaced longer than ``timeout`` make ``poll()`` true, and ``reason`` is the one line the wait
+    ends in. Polled by Tune in a sweep (as a Stopper, see ``sweep.resource_stopper``) and by
+    ``train.fit_bounded`` for ``tinyray train``.
+
+    A wait is followed by who waits (the group's creator: a run's Train controller), not by the
+    group: Train removes a worker group's placement group when it is not placed within its start
+    timeout (RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S, 60 s) and asks again with a new one, so a
+    group never pends longer than that, and a bound per group (1200 s) would never be reached
+    (found in CI: a run waited 12 minutes through 11 groups). The clock stops when one of the
+    creator's groups is placed, or when it has had none pending for ``FORGET_S``."""
+
+    FORGET_S = 30.0  # longer than Train's pause between removing a group and asking anew
 
     def __init__(self, timeout: float | None = None, autoscaling: bool = False, every: float = 5.0, clock=None,
                  who: str = "a trial's workers"):
         import time
 
-        self.timeout = float(os.environ.get("TINYRAY_RESOURCE_TIMEOUT") or timeout or RESOURCE_TIMEOUT)
+        # a caller's own bound, else the environment's (TINYRAY_RESOURCE_TIMEOUT), else the default
+        self.timeout = float(timeout or os.environ.get("TINYRAY_RESOURCE_TIMEOUT") or RESOURCE_TIMEOUT)
         self.autoscaling = autoscaling
         self.who = who
         self.every = every
         self.clock = clock or time.monotonic
-        self.first_seen: dict[str, float] = {}
+        self.first_seen: dict[str, float] = {}  # who waits (creator, else the group) -> since when
+        self.last_pending: dict[str, float] = {}
         self.last_poll = -1e18
         self.reason: str | None = None
         self.late_group: dict | None = None  # the group that waited too long, once one has
 
     def poll(self, groups: dict | None = None, status: dict | None = None) -> bool:
-        """Whether to stop now. ``groups``: as ``placement_group_table()`` (default: this job's
-        pending ones, see ``pending_placements``)."""
+        """Whether to stop now. ``groups``: as ``placement_group_table()``, each with its
+        ``creator_actor_id`` when known (default: this job's pending and placed groups, see
+        ``job_placements``)."""
         if self.reason:
             return True
         now = self.clock()
@@ -257,10 +281,21 @@ class ResourceWatch:
             return False
         self.last_poll = now
         if groups is None:
-            groups = pending_placements()
-        pending = {pid: g for pid, g in groups.items() if g.get("state") == "PENDING"}
-        self.first_seen = {pid: self.first_seen.get(pid, now) for pid in pending}
-        late = [pid for pid, t in self.first_seen.items() if now - t > self.timeout]
+            groups = job_placements()
+
+        def who(pid, group):
+            creator = group.get("creator_actor_id") or ""
+            return creator if creator.strip("0f") else pid  # nil: the driver's own group
+
+        pending = {who(pid, g): g for pid, g in groups.items() if g.get("state") == "PENDING"}
+        placed = {who(pid, g) for pid, g in groups.items() if g.get("state") == "CREATED"} - set(pending)
+        for key in pending:
+            self.first_seen.setdefault(key, now)
+            self.last_pending[key] = now
+        for key in list(self.first_seen):
+            if key in placed or now - self.last_pending[key] > self.FORGET_S:
+                del self.first_seen[key], self.last_pending[key]
+        late = [key for key, t in self.first_seen.items() if key in pending and now - t > self.timeout]
         if not late:
             return False
         self.late_group = pending[late[0]]
