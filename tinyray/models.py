@@ -12,9 +12,9 @@ import os
 from dataclasses import dataclass
 from typing import Callable
 
+from tinyray.data.layout import IMAGE_SHAPE as INPUT_SHAPE
 from tinyray.errors import TinyrayError
 
-INPUT_SHAPE = (64, 64, 3)
 NUM_CLASSES = 200
 WEIGHTS_HELP = (
     "pass weights=none (random init), or a local path or s3:// URI of a Keras weights file "

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tinyray.config import OPTIMIZERS
+from tinyray.config import OPTIMIZERS, TrainConfig
 
 # The step schedule's drops: ×0.1 at these fractions of the run (the ResNet papers' 1/2 and 3/4).
 STEP_DROPS = (0.5, 0.75)
@@ -83,8 +83,10 @@ def learning_rate(lr: float, schedule: str, total_steps: int, warmup_steps: int 
     return Schedule()
 
 
-def make_optimizer(name: str, lr, momentum: float = 0.9, weight_decay: float = 0.0, nesterov: bool = False):
-    """One of the seed's four optimizers (config.OPTIMIZERS), with ``lr`` a float or a schedule.
+def make_optimizer(name: str, lr, momentum: float = TrainConfig.momentum, weight_decay: float = TrainConfig.weight_decay,
+                   nesterov: bool = TrainConfig.nesterov):
+    """One of the seed's four optimizers (config.OPTIMIZERS), with ``lr`` a float or a schedule;
+    the defaults are TrainConfig's own.
 
     ``weight_decay`` is Keras' decoupled decay (w ← w − lr·wd·w after the update: AdamW for adam),
     kept off biases and normalisation scales/offsets, as the recipes that use it do."""

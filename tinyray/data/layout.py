@@ -21,6 +21,10 @@ from dataclasses import dataclass, field
 from tinyray.errors import TinyrayError
 
 RELEASE_DIR = "tiny-imagenet-200"
+# The release's images, 64 × 64 RGB: the one declaration of the shape that staging stores, the
+# sample writes, the pipeline decodes to and the models take.
+IMAGE_SIZE = 64
+IMAGE_SHAPE = (IMAGE_SIZE, IMAGE_SIZE, 3)
 IMAGE_SUFFIXES = (".jpeg", ".jpg")
 # The largest single file read from a release (a zip member or a file of the folder), checked
 # before it is read: a release image is ~2 KB and words.txt 2.6 MB. ``--max-bytes`` raises it.

@@ -25,9 +25,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tinyray.config import CACHE_MODES
+from tinyray.config import CACHE_MODES, TrainConfig
 from tinyray.data import storage
-from tinyray.data.stage import IMAGE_SIZE
+from tinyray.data.layout import IMAGE_SIZE
 from tinyray.data.storage import StorageOptions
 from tinyray.errors import TinyrayError
 from tinyray.resources import READ_CPUS, stall_message
@@ -292,10 +292,10 @@ def data_stalled(cfg, split: str) -> TinyrayError:
 
 @dataclass(frozen=True)
 class Augment:
-    """The train-time preprocessing a worker applies (TrainConfig's recipe fields, recipe.py)."""
-    augment: str = "flip"
-    mixup: float = 0.0
-    cutmix: float = 0.0
+    """The train-time preprocessing a worker applies (TrainConfig's recipe fields and defaults, recipe.py)."""
+    augment: str = TrainConfig.augment
+    mixup: float = TrainConfig.mixup
+    cutmix: float = TrainConfig.cutmix
     num_classes: int = 0  # for one-hot labels, when ``soft``
     soft: bool = False
 

@@ -15,10 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
-from tinyray.data.layout import RELEASE_DIR
+from tinyray.data.layout import IMAGE_SIZE as SIZE, RELEASE_DIR
 from tinyray.errors import TinyrayError
 
-SIZE = 64
 GRAY_EVERY = 13  # about 7.7 % grayscale; the real release has ~1.8 % in train
 
 

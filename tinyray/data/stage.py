@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tinyray.data import storage
-from tinyray.data.layout import MAX_MEMBER_BYTES, Example, MemberError, ReleaseFiles, scan_release
+from tinyray.data.layout import IMAGE_SIZE, MAX_MEMBER_BYTES, Example, MemberError, ReleaseFiles, scan_release
 from tinyray.data.storage import StorageOptions
 from tinyray.errors import TinyrayError
 
@@ -41,7 +41,6 @@ MAX_DOWNLOAD_BYTES = 2**30
 DOWNLOAD_TIMEOUT = 60
 # A staged shard, under a dataset version's prefix (or at DEST's top, as before versions).
 SHARD_PATH = re.compile(r"(v\d+/)?(train|val)/part-\d{5}\.parquet")
-IMAGE_SIZE = 64
 SPLITS = ("train", "val")
 
 
@@ -383,3 +382,41 @@ def load_manifest(data_uri: str, opts: StorageOptions | None = None) -> dict:
     if manifest.get("format") != FORMAT:
         raise TinyrayError(f"{data_uri}/{MANIFEST} is not a tinyray manifest (format {manifest.get('format')!r})")
     return manifest
+
+
+def describe_dataset(uri: str, manifest: dict) -> dict:
+    """What a staged dataset holds, from its manifest (pure): ``tinyray data inspect``'s figures."""
+    from collections import Counter
+
+    def split(name):
+        s = manifest.get(name, {})
+        return {"images": s.get("count", 0), "grayscale": s.get("grayscale", 0), "shards": len(s.get("shards", [])),
+                "bytes": s.get("bytes", 0)}
+
+    def by_reason(items):  # "truncated JPEG: 2 files" reads better than 2 lines of the same reason
+        return dict(Counter(i["reason"] for i in items).most_common())
+
+    classes = manifest.get("classes", [])
+    return {"uri": uri, "format": manifest.get("format"), "version": manifest.get("version", 0),
+            "image_shape": manifest.get("image_shape"), "classes": len(classes),
+            "first_classes": [f"{c['wnid']} {c['name']}" for c in classes[:3]],
+            "train": split("train"), "val": split("val"),
+            "skipped": len(manifest.get("skipped", [])), "skipped_by_reason": by_reason(manifest.get("skipped", [])),
+            "converted": len(manifest.get("converted", [])),
+            "converted_by_reason": by_reason(manifest.get("converted", []))}
+
+
+def dataset_lines(d: dict) -> list[str]:
+    """``describe_dataset``'s figures as the lines ``tinyray data inspect`` prints."""
+    shape = "x".join(map(str, d["image_shape"] or [])) or "?"
+    lines = [f"{d['uri']}: {d['format']}, dataset version {d['version']}, images {shape}",
+             f"classes: {d['classes']}" + (f" ({', '.join(d['first_classes'])}, …)" if d["classes"] > 3 else
+                                            f" ({', '.join(d['first_classes'])})" if d["first_classes"] else "")]
+    for name in SPLITS:
+        s = d[name]
+        gray = f", {s['grayscale']:,} grayscale" if s["grayscale"] else ""
+        lines.append(f"{name}: {s['images']:,} images{gray} in {s['shards']} shard(s), {s['bytes'] / 1e6:.1f} MB")
+    for what in ("skipped", "converted"):
+        reasons = "; ".join(f"{n} × {r}" for r, n in d[f"{what}_by_reason"].items())
+        lines.append(f"{what}: {d[what]}" + (f" ({reasons})" if reasons else ""))
+    return lines
