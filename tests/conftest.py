@@ -7,6 +7,9 @@ import pytest
 
 os.environ["RAY_AUTH_MODE"] = "disabled"  # a stray ~/.ray/auth_token must not turn auth on
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+# A run whose workers are never placed ends in its one line after 5 minutes here, not the 20 a GPU
+# node's boot needs: well inside a test's limit, so such a test fails with the line (ResourceWatch)
+os.environ.setdefault("TINYRAY_RESOURCE_TIMEOUT", "300")
 
 from tinyray.data.sample import SampleSpec, write_sample  # noqa: E402
 from tinyray.data.storage import EmbeddedS3  # noqa: E402
@@ -53,6 +56,10 @@ def ray_cluster(s3):
 
     from tinyray.cluster import repoint_stale_cluster_file
 
+    from tinyray.cluster import STARTUP_CONCURRENCY_ENV
+    from tinyray.resources import STARTUP_CONCURRENCY
+
+    os.environ.setdefault(STARTUP_CONCURRENCY_ENV, str(STARTUP_CONCURRENCY))  # as ensure_ray's local Ray
     ray.init(address="local", num_cpus=4, resources={"tinyray_driver": 4},
              runtime_env={"env_vars": {**s3.public_env, "TF_USE_LEGACY_KERAS": "1", "RAY_AUTH_MODE": "disabled"}},
              log_to_driver=False)
@@ -87,17 +94,28 @@ def hold_cpus(cpus):
     return other
 
 
+def shipped_head_env() -> dict:
+    """The variables cluster/aws-gpu.yaml sets on its head's `ray start` (``NAME=value`` before
+    the command): a test's head starts as the shipped one does."""
+    import yaml
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cfg = yaml.safe_load(open(os.path.join(root, "cluster", "aws-gpu.yaml")))
+    start = next(c for c in cfg["head_start_ray_commands"] if "ray start" in c)
+    return dict(t.split("=", 1) for t in start.split("ray start")[0].split() if "=" in t)
+
+
 def start_ray_head(*args, env=None, timeout=120, before_start=None):
-    """`ray start --head --block` as this test's own child, in its own process group.
-    ``before_start(port)`` may write files that name the GCS port. Returns (process,
-    dashboard/job address, env)."""
+    """`ray start --head --block` as this test's own child, in its own process group, with the
+    shipped head's variables (``shipped_head_env``). ``before_start(port)`` may write files
+    that name the GCS port. Returns (process, dashboard/job address, env)."""
     import subprocess
     import time
 
     port, dash = free_port(), free_port()
     if before_start:
         before_start(port)
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", **(env or {})}
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", **shipped_head_env(), **(env or {})}
     # Every port of its own: the session's local Ray already holds the default agent and
     # metrics ports, and a head whose dashboard agent cannot bind never accepts a job.
     own_ports = [f"--{flag}={free_port()}" for flag in (
