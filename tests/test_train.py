@@ -204,8 +204,19 @@ def test_two_workers_learn_the_sample_in_sync(ray_cluster, staged, s3, tmp_path)
     # far above chance (1/4) on the learnable sample
     assert epochs[-1]["val_accuracy"] >= 0.75, epochs
     assert epochs[-1]["val_top5_accuracy"] == 1.0  # 4 classes: top-5 holds them all
-    # the final model loads with tf_keras and predicts like the run's last epoch
-    from tinyray.tfk import keras
+    # TensorBoard's files in the run folder, read as `tensorboard --logdir <run folder>` reads them:
+    # a scalar per epoch, the config as HParams
+    import glob
+
+    from tinyray.tfk import keras, tf
+
+    (events,) = glob.glob(os.path.join(out.run_dir, "events.out.tfevents.*"))
+    values = [(e.step, v.tag, float(tf.make_ndarray(v.tensor))) for e in tf.compat.v1.train.summary_iterator(events)
+              for v in e.summary.value if v.tag == "val_accuracy"]
+    assert values == [(e["epoch"], "val_accuracy", pytest.approx(e["val_accuracy"])) for e in epochs]
+    plugins = {v.metadata.plugin_data.plugin_name for e in tf.compat.v1.train.summary_iterator(events)
+               for v in e.summary.value}
+    assert "hparams" in plugins
 
     model = keras.models.load_model(os.path.join(out.run_dir, "model", "model.keras"))
     assert model.count_params() == out.result["params"]

@@ -35,6 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="tinyray",
         description="Train and compare image classifiers on Tiny ImageNet on a Ray cluster.",
     )
+    from tinyray import __version__
+
+    parser.add_argument("--version", action="version", version=f"tinyray {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = sub.add_parser("models", help="list the model registry with exact parameter counts")
@@ -72,6 +75,21 @@ def _cmd_data_stage(args) -> int:
     manifest = stage_dataset(cfg, StorageOptions.from_env(args.endpoint_url))
     for item in manifest["skipped"]:
         print(f"skipped {item['file']}: {item['reason']}", file=sys.stderr)
+    return 0
+
+
+def _cmd_data_inspect(args) -> int:
+    from tinyray.data.stage import dataset_lines, describe_dataset, load_manifest
+    from tinyray.data.storage import StorageOptions
+
+    opts = StorageOptions.from_env(args.endpoint_url).for_bucket(args.data)
+    manifest = load_manifest(args.data, opts)
+    described = describe_dataset(args.data, manifest)
+    if args.json:
+        print(json.dumps({**described, "skipped_files": manifest.get("skipped", []),
+                          "converted_files": manifest.get("converted", [])}, indent=1))
+    else:
+        print("\n".join(dataset_lines(described)))
     return 0
 
 
@@ -115,6 +133,13 @@ def _register_data(sub) -> None:
     p.add_argument("--allow-http", action="store_true", help="allow a plain-http SRC (https is the default rule)")
     p.set_defaults(func=_cmd_data_stage)
 
+    p = data.add_parser("inspect", help="what a staged dataset holds: classes, counts, shards, size, skipped and "
+                                        "converted files, format version")
+    p.add_argument("data", metavar="DATA", help="a staged dataset: s3://bucket/prefix or a local folder")
+    p.add_argument("--endpoint-url", help="S3-compatible endpoint (default: $AWS_ENDPOINT_URL, else AWS)")
+    p.add_argument("--json", action="store_true", help="print the figures as JSON, every skipped and converted file listed")
+    p.set_defaults(func=_cmd_data_inspect)
+
     p = data.add_parser("sample", help="write a small learnable dataset in the release layout")
     p.add_argument("dir", metavar="DIR", help="writes DIR/tiny-imagenet-200/")
     p.add_argument("--classes", type=int, default=10)
@@ -135,7 +160,7 @@ def _cmd_train(args) -> int:
     from tinyray.config import train_config_from_args
     from tinyray.train import train_command
 
-    train_command(train_config_from_args(args), address=args.address, verbose=args.verbose)
+    train_command(train_config_from_args(args), address=args.address, verbose=args.verbose, mlflow=args.mlflow)
     return 0
 
 
@@ -147,11 +172,13 @@ def _register_train(sub) -> None:
     add_train_flags(p)
     p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
     p.add_argument("--verbose", action="store_true", help="show Ray's and TensorFlow's own logs and the workers' output")
+    p.add_argument("--mlflow", metavar="URI", help="log the run to this MLflow tracking URI, from the driver (needs "
+                                                   "the mlflow extra)")
     p.set_defaults(func=_cmd_train)
 
 
 # Flags of the sweep that are not TrainConfig fields (those are generated, as for train).
-_SWEEP_FLAGS = ("name", "storage", "scheduler", "models", "max_concurrent_trials")
+_SWEEP_FLAGS = ("name", "storage", "scheduler", "models", "max_concurrent_trials", "mlflow")
 
 
 def _cmd_sweep(args) -> int:
@@ -161,6 +188,11 @@ def _cmd_sweep(args) -> int:
     overrides = {k: getattr(args, k) for k in (*FIELDS, *_SWEEP_FLAGS) if hasattr(args, k)}
     if overrides.get("models"):
         overrides["models"] = overrides["models"].split(",")
+    if args.plan:
+        from tinyray.main_job import plan_main_job
+
+        return plan_main_job(args.config, overrides, resume=args.resume, address=args.address,
+                             cluster_config_path=args.cluster_config)
     run_main_job(args.config, overrides, resume=args.resume, address=args.address,
               cluster_config_path=args.cluster_config, verbose=args.verbose)
     return 0
@@ -195,9 +227,15 @@ def _register_sweep(sub) -> None:
     p.add_argument("--storage", help="where experiment folders live: a folder or s3://… (overrides the file)")
     p.add_argument("--name", help="experiment folder name (overrides the file)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted sweep; finished trials are kept")
+    p.add_argument("--plan", action="store_true",
+                   help="print the trials, their run names, the concurrency, each trial's fit (against "
+                        "--cluster-config, or the running cluster --address names) and the total trial-epochs; "
+                        "start nothing, train nothing; exit 1 on any problem")
     p.add_argument("--scheduler", choices=("fifo", "asha"), help="the scheduler's type (overrides the file)")
     p.add_argument("--models", help="comma-separated model names: the model axis (overrides the file)")
     p.add_argument("--max-concurrent-trials", type=_concurrency, help="'auto' or a number (overrides the file)")
+    p.add_argument("--mlflow", metavar="URI", help="an MLflow tracking URI: each trial one run, the report in the "
+                                                   "sweep's run (overrides the file's mlflow:; needs the mlflow extra)")
     p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
     p.add_argument("--cluster-config", help="the cluster launcher YAML (cluster/aws-gpu.yaml): 'auto' concurrency "
                                             "then counts the nodes its autoscaler can still add")
@@ -216,7 +254,23 @@ def _register_sweep(sub) -> None:
 def _cmd_export(args) -> int:
     from tinyray.export import export_model
 
-    print(f"exported to {export_model(args.experiment, args.to, args.trial, force=args.force)}")
+    from tinyray.data.storage import StorageOptions
+
+    opts = StorageOptions.from_env(args.endpoint_url)
+    uri = args.mlflow or os.environ.get("MLFLOW_TRACKING_URI")
+    if args.register and not uri:
+        raise TinyrayError("--register needs a tracking server: --mlflow URI (or $MLFLOW_TRACKING_URI)")
+    if args.register:
+        from tinyray.tracking import check_tracking
+
+        check_tracking(uri)  # before anything is written
+    dest = export_model(args.experiment, args.to, args.trial, opts, force=args.force)
+    print(f"exported to {dest}")
+    if args.register:
+        from tinyray.export import register_export
+
+        version = register_export(dest, args.register, uri, opts)
+        print(f"registered {args.register!r} version {version} at {uri}")
     return 0
 
 
@@ -226,7 +280,10 @@ def _cmd_predict(args) -> int:
 
     if args.top < 1:
         raise TinyrayError(f"--top must be at least 1, got {args.top}")
-    export = Export(args.model)
+    from tinyray.data.storage import StorageOptions
+
+    opts = StorageOptions.from_env(args.endpoint_url)
+    export = Export(args.model, opts)
     batch = [s for s in args.inputs if storage.is_s3(s) or os.path.isdir(s)]
     if not batch:
         missing = [f for f in args.inputs if not os.path.exists(f)]
@@ -236,9 +293,7 @@ def _cmd_predict(args) -> int:
         print_predictions(done, skipped, args.json)
         return 0
     from tinyray.cluster import ensure_ray
-    from tinyray.data.storage import StorageOptions
 
-    opts = StorageOptions.from_env()
     ensure_ray(opts, args.address)
     out = predict_batch(export, args.inputs, args.out, args.top, opts)
     for s in out["skipped"]:
@@ -254,6 +309,10 @@ def _register_use(sub) -> None:
     p.add_argument("--trial", help="a trial folder or run name from the report (default: the best val top-1)")
     p.add_argument("--force", action="store_true",
                    help="replace what --to holds, whole (without it, a folder that holds files is refused)")
+    p.add_argument("--endpoint-url", help="S3-compatible endpoint (default: $AWS_ENDPOINT_URL, else AWS)")
+    p.add_argument("--register", metavar="NAME",
+                   help="also register the export in MLflow's Model Registry as a new version of NAME")
+    p.add_argument("--mlflow", metavar="URI", help="the tracking server for --register (default: $MLFLOW_TRACKING_URI)")
     p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("predict", help="top-k classes for images: files here, folders or s3:// prefixes as Ray "
@@ -266,6 +325,7 @@ def _register_use(sub) -> None:
     p.add_argument("--out", default="predictions.parquet",
                    help="batch inference: a .parquet or .csv file, local or s3:// (default %(default)s)")
     p.add_argument("--address", help="Ray cluster address for batch inference (default: $RAY_ADDRESS, else local)")
+    p.add_argument("--endpoint-url", help="S3-compatible endpoint (default: $AWS_ENDPOINT_URL, else AWS)")
     p.set_defaults(func=_cmd_predict)
 
 

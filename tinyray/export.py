@@ -157,3 +157,15 @@ def with_uint8_input(model):
     inputs = keras.Input(shape=tuple(INPUT["shape"]), dtype="uint8", name="image_uint8")
     x = keras.layers.Rescaling(1.0 / 255, name="rescale")(inputs)
     return keras.Model(inputs, model(x), name=f"{model.name}_uint8")
+
+
+def register_export(dest: str, name: str, uri: str, opts: StorageOptions) -> int:
+    """An export folder as a new version of registered model ``name`` in MLflow's Model Registry
+    (its files as one run's artifacts, the version tagged with the model and its val top-1);
+    returns the version number."""
+    from tinyray.tracking import register_export as register
+
+    files = {rel: storage.read_bytes(storage.join(dest, rel), opts) for rel in storage.list_files(dest, opts)}
+    about = json.loads(files[EXPORT_MARKER])
+    evaluation = json.loads(files.get(EVAL_FILE, b"null")) or {}
+    return register(uri, name, files, {**about, "val_top1": evaluation.get("top1", "")})

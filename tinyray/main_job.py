@@ -44,6 +44,70 @@ def experiment_exists(uri: str, opts: StorageOptions) -> bool:
         return False
 
 
+def track_sweep(cfg: SweepConfig, opts: StorageOptions) -> None:
+    """The sweep's parent run in MLflow: the report's files, and every trial's eval.json."""
+    from tinyray.folders import TRAIN_RUNS
+    from tinyray.tracking import log_sweep_parent
+
+    exp = cfg.experiment_uri
+    files = {}
+    for name in ("report.md", "report.html", "results.csv", "results.json"):
+        try:
+            files[name] = storage.read_bytes(storage.join(exp, name), opts)
+        except FileNotFoundError:
+            pass
+    runs = storage.join(exp, TRAIN_RUNS)
+    for path in storage.list_files(runs, opts):
+        if path.endswith("/eval.json") and path.count("/") == 1:  # <run name>/eval.json
+            files[f"eval/{path.split('/')[0]}.json"] = storage.read_bytes(storage.join(runs, path), opts)
+    log_sweep_parent(cfg.mlflow, cfg.name, cfg.to_dict(), files)
+    print(f"mlflow: experiment {cfg.name!r} at {cfg.mlflow} (one run per trial, the report in the sweep's run)",
+          flush=True)
+
+
+def plan_main_job(config: str | None, overrides: dict, resume: bool = False, address: str | None = None,
+                  cluster_config_path: str | None = None) -> int:
+    """``--plan``: print what the sweep would run and whether each trial fits, without starting
+    Ray or training. The fit is checked against ``--cluster-config``, else against a running
+    cluster that ``--address`` (or $RAY_ADDRESS) names, which is only connected to. Returns the
+    exit code: 1 when anything would stop the sweep, each problem one line."""
+    import os
+    import sys
+
+    from tinyray.cluster import load_cluster_config
+    from tinyray.data.stage import load_manifest
+    from tinyray.sweep import sweep_plan
+
+    cfg, embedded_default = resolve_sweep(config, overrides)
+    cluster_config = load_cluster_config(cluster_config_path)
+    live: list[dict] = []
+    against = "nothing: give --cluster-config, or --address of a running cluster"
+    if cluster_config:
+        against = cluster_config_path
+    elif address or os.environ.get("RAY_ADDRESS"):
+        from tinyray.cluster import cluster_nodes, running_autoscaler_config
+        import ray
+
+        ray.init(address=address or os.environ["RAY_ADDRESS"], log_to_driver=False, logging_level="ERROR")
+        live, cluster_config = cluster_nodes(), running_autoscaler_config()
+        against = f"the running cluster ({len(live)} live node(s)" + (
+            ", and what its autoscaler can add)" if cluster_config else ")")
+    if embedded_default:
+        data, manifest, opts = EMBEDDED_DATA, None, None
+    else:
+        data = cfg.train["data"]
+        opts = StorageOptions.from_env(cfg.train.get("endpoint_url")).for_bucket(data)
+        manifest = load_manifest(data, opts)
+    exists = opts is not None and experiment_exists(cfg.experiment_uri, opts)
+    lines, problems = sweep_plan(cfg, data, manifest, live, cluster_config, against, exists, resume)
+    print("\n".join(lines), flush=True)
+    for line in problems:
+        print(f"problem: {line}", file=sys.stderr)
+    if problems:
+        print(f"{len(problems)} problem(s): the sweep would not run as planned", file=sys.stderr)
+    return 1 if problems else 0
+
+
 def run_main_job(config: str | None, overrides: dict, resume: bool = False, address: str | None = None,
               cluster_config_path: str | None = None, verbose: bool = False) -> str:
     """Run (or resume) the sweep and write its report; return the report's URI."""
@@ -57,6 +121,10 @@ def run_main_job(config: str | None, overrides: dict, resume: bool = False, addr
 
     cfg, embedded_default = resolve_sweep(config, overrides)
     cluster_config = load_cluster_config(cluster_config_path)
+    if cfg.mlflow:
+        from tinyray.tracking import check_tracking
+
+        check_tracking(cfg.mlflow)  # before a store, a dataset or a cluster is started
     embedded = None
     try:
         if embedded_default:
@@ -80,6 +148,8 @@ def run_main_job(config: str | None, overrides: dict, resume: bool = False, addr
         experiment = load_experiment(exp, opts)
         report = write_report(exp, opts, experiment)
         print(f"report: {report} (and report.html, results.csv, results.json beside it)", flush=True)
+        if cfg.mlflow:
+            track_sweep(cfg, opts)
         print(f"dashboards: tensorboard --logdir {exp}", flush=True)
         trials = experiment[1]
         if trials and all(t.status == "failed" for t in trials):

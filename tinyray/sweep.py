@@ -168,6 +168,10 @@ def run_sweep(cfg: SweepConfig, data: str, opts: StorageOptions | None = None, r
     from tinyray.data.stage import load_manifest
 
     opts = opts or StorageOptions.from_env(cfg.train.get("endpoint_url"))
+    if cfg.mlflow:
+        from tinyray.tracking import check_tracking
+
+        check_tracking(cfg.mlflow)  # an unreachable server is one line, before anything starts
     resumed = check_resume(cfg, data, opts) if resume else None  # before anything is written
     manifest = load_manifest(data, opts)
     exp_uri = cfg.experiment_uri
@@ -224,7 +228,8 @@ def run_sweep(cfg: SweepConfig, data: str, opts: StorageOptions | None = None, r
             run_config=tune.RunConfig(name=cfg.name, storage_path=exp_path, storage_filesystem=fs,
                                       failure_config=tune.FailureConfig(max_failures=0),
                                       stop=__getattr__("ResourceStopper")(),
-                                      callbacks=[epoch_lines_callback(base, cfg.axes)],
+                                      callbacks=[epoch_lines_callback(base, cfg.axes),
+                                                 *tracking_callbacks(cfg, base, manifest)],
                                       # quiet: the callback's lines and tables only (console.py)
                                       verbose=2 if verbose else 0),
         )
@@ -258,6 +263,17 @@ def capacity_line(live: list[dict], autoscaler: dict) -> str:
     grow = [f"{spec.get('max_workers', 0)} × {name} ({', '.join(f'{v:g} {k}' for k, v in sorted((spec.get('resources') or {}).items()))})"
             for name, spec in types.items() if name != autoscaler.get("head_node_type") and spec.get("max_workers")]
     return f"{len(live)} live node(s); the autoscaler can add up to " + ("; ".join(grow) or "nothing")
+
+
+def tracking_callbacks(cfg: SweepConfig, base: dict, manifest: dict) -> list:
+    """The MLflow callback for a sweep with ``mlflow:`` (or --mlflow): driver-side, so the
+    tracking server's credentials never reach a trial's process."""
+    if not cfg.mlflow:
+        return []
+    from tinyray import tracking
+    from tinyray.train import provenance
+
+    return [tracking.TrackingCallback(cfg.mlflow, cfg.name, base, cfg.axes, provenance(manifest))]
 
 
 def search_plan(cfg: SweepConfig, concurrency: int):
@@ -367,3 +383,55 @@ def tune_domain(axis: str, spec: dict):
     if field_type(axis)[0] is int:
         return tune.lograndint(lo, hi + 1) if dist == "loguniform" else tune.randint(lo, hi + 1)
     return tune.loguniform(lo, hi) if dist == "loguniform" else tune.uniform(lo, hi)
+
+
+def sweep_plan(cfg: SweepConfig, data: str, manifest: dict | None, live: list[dict],
+               cluster_config: dict | None, against: str, exists: bool = False, resume: bool = False
+               ) -> tuple[list[str], list[str]]:
+    """What a sweep would run, before Ray starts or anything trains (``--plan``): (lines to print,
+    problems). Pure: the caller reads the manifest (None: the embedded default's sample, staged
+    when the job runs) and the cluster (``live`` nodes, ``cluster_config``: --cluster-config or the
+    running autoscaler's; ``against`` says which, for the reader). Each problem is one line."""
+    from tinyray.console import format_table
+    from tinyray.data.pipeline import steps_per_epoch
+    from tinyray.resources import auto_concurrency, check_fits, cluster_capacity, head_trial_cap
+
+    problems = []
+    if exists and not resume:
+        problems.append(f"experiment {cfg.experiment_uri} exists: pass --resume to continue it, or --name for a new one")
+    trials = cfg.expand(data, train_runs(cfg.experiment_uri))
+    nodes, max_nodes = cluster_capacity(live, cluster_config)
+    rows = []
+    for i, t in enumerate(trials, 1):
+        fits = "yes"
+        try:
+            if nodes or max_nodes:
+                check_fits(t, nodes, max_nodes)
+            else:
+                fits = "unchecked"
+            if manifest is not None:
+                steps_per_epoch(manifest["train"]["count"], t.batch_size, t.workers, t.replicas_per_worker)
+        except TinyrayError as e:
+            fits = "NO"
+            problems.append(f"trial {i} ({t.run_name}): {e}")
+        rows.append([str(i), t.run_name, *(f"{getattr(t, a):g}" if isinstance(getattr(t, a), float)
+                                           else str(getattr(t, a)) for a in cfg.axes), str(t.epochs), fits])
+    if cfg.max_concurrent_trials != "auto":
+        concurrency = f"{cfg.max_concurrent_trials} at a time"
+    elif nodes or max_nodes:
+        concurrency = f"{auto_concurrency(trials, nodes, max_nodes, head_trial_cap(live))} at a time (auto)"
+    else:
+        concurrency = "'auto' at a time (sized when the cluster is known)"
+    drawn = cfg.search != "grid"
+    epochs = (cfg.num_samples * max(t.epochs for t in trials)) if drawn else sum(t.epochs for t in trials)
+    what = (f"{cfg.num_samples} draws ({cfg.search} search); the rows are the corners of its space, each checked"
+            if drawn else f"{len(trials)} trials")
+    data_line = (f"data: {data} ({manifest['train']['count']:,} train / {manifest['val']['count']:,} val images, "
+                 f"{len(manifest['classes'])} classes)" if manifest is not None
+                 else f"data: {data} (the embedded default's sample, staged when the job runs)")
+    lines = [f"plan: sweep {cfg.name} → {cfg.experiment_uri}", f"{what}, {concurrency}, scheduler {cfg.scheduler.type}",
+             data_line, f"fit checked against {against}",
+             format_table(["trial", "run name", *cfg.axes, "epochs", "fits"], rows),
+             f"total: {epochs:,} trial-epochs" + (" at most (ASHA may stop trials early)"
+                                                  if cfg.scheduler.type == "asha" else "")]
+    return lines, problems

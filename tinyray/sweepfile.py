@@ -87,6 +87,7 @@ class SweepConfig:
     num_samples: int | None = None  # random / optuna: how many trials
     space: dict = field(default_factory=dict)  # random / optuna: TrainConfig field → {distribution: [...]}
     search_seed: int = 0  # random / optuna: seeds the draws, so a rerun draws the same trials
+    mlflow: str | None = None  # an MLflow tracking URI: each trial one run, the sweep a parent run (tracking.py)
 
     def __post_init__(self):
         set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 - frozen
@@ -126,6 +127,8 @@ class SweepConfig:
         set_("space", self._check_search())
         if "model" not in self.train and "model" not in self.axes:
             raise TinyrayError("the sweep names no model: give train: {model: …} or grid: {model: […]}")
+        if self.mlflow is not None and (not isinstance(self.mlflow, str) or not self.mlflow.strip()):
+            raise TinyrayError(f"mlflow must be a tracking URI (http://host:5000, file:///path...), got {self.mlflow!r}")
         mct = self.max_concurrent_trials
         if mct != "auto" and not (isinstance(mct, int) and not isinstance(mct, bool) and mct >= 1):
             raise TinyrayError(f"max_concurrent_trials must be 'auto' or an integer >= 1, got {mct!r}")
@@ -375,7 +378,7 @@ def to_yaml(cfg: SweepConfig) -> str:
 
 # Sweep fields a --resume may change: they decide how the trials are scheduled, never what a
 # trial trains or how it is judged. Every other field is the sweep's identity.
-RESUME_FREE = ("max_concurrent_trials",)
+RESUME_FREE = ("max_concurrent_trials", "mlflow")  # neither can change what a trial trains
 
 
 def resume_conflict(saved: dict, now: dict, path: str = "") -> str | None:

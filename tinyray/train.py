@@ -267,15 +267,50 @@ def train_on_ray(cfg: TrainConfig, opts: StorageOptions, callbacks=(), manifest:
 
 
 def train_command(cfg: TrainConfig, opts: StorageOptions | None = None, address: str | None = None,
-                 verbose: bool = False) -> TrainResult:
+                 verbose: bool = False, mlflow: str | None = None) -> TrainResult:
     """``tinyray train``: check the config's data and run folder, connect to (or start) Ray, check
-    the run fits, ``train_on_ray`` it, with a line per epoch (and a progress bar on a terminal)."""
+    the run fits, ``train_on_ray`` it, with a line per epoch (and a progress bar on a terminal).
+    With ``mlflow`` (a tracking URI) the run, finished or failed, is logged there from here."""
+    opts = (opts or StorageOptions.from_env(cfg.endpoint_url)).for_bucket(cfg.data)
+    if mlflow:
+        from tinyray.tracking import check_tracking
+
+        check_tracking(mlflow)  # before Ray starts
+    manifest = prepare(cfg, opts)
+    if mlflow:
+        try:
+            out = _train_command(cfg, opts, manifest, address, verbose)
+        except TinyrayError as e:
+            track_train(mlflow, cfg, opts, {"config": cfg.to_dict(), "provenance": provenance(manifest)}, str(e))
+            raise
+        track_train(mlflow, cfg, opts, out.result)
+        return out
+    return _train_command(cfg, opts, manifest, address, verbose)
+
+
+def track_train(uri: str, cfg: TrainConfig, opts: StorageOptions, result: dict, error: str = "") -> None:
+    """``tinyray train --mlflow``: the run in MLflow, its config as params, each epoch's figures
+    at step = epoch, result.json and eval.json as artifacts (experiment: the run's --name, else
+    its model)."""
+    from tinyray.tracking import log_train_run
+
+    artifacts = {}
+    for name in (RESULT_FILE, "eval.json"):
+        try:
+            artifacts[name] = storage.read_bytes(storage.join(cfg.run_dir, name), opts)
+        except FileNotFoundError:
+            pass
+    run = log_train_run(uri, cfg.name or f"tinyray-train-{cfg.model}", result, cfg.run_dir,
+                        "failed" if error else "completed", error, artifacts)
+    print(f"mlflow: run {run} at {uri}", flush=True)
+
+
+def _train_command(cfg: TrainConfig, opts: StorageOptions, manifest: dict, address: str | None,
+                   verbose: bool) -> TrainResult:
     from tinyray.cluster import ResourceWatch, cluster_nodes, ensure_ray, running_autoscaler_config
     from tinyray.resources import check_fits, check_shared_storage, cluster_capacity
     from tinyray.progress import ProgressPrinter
 
-    opts = (opts or StorageOptions.from_env(cfg.endpoint_url)).for_bucket(cfg.data)
-    manifest = prepare(cfg, opts)
     ensure_ray(opts, address, verbose=verbose)
     live, autoscaler = cluster_nodes(), running_autoscaler_config()
     check_shared_storage(cfg.storage, len(live) > 1 or bool(autoscaler))

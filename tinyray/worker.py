@@ -509,4 +509,23 @@ def write_results(cfg: TrainConfig, model, state: dict, evaluation: dict, config
         for name, doc in files.items():
             with open(os.path.join(out, name), "w") as f:
                 json.dump(doc, f, indent=1)
+        write_events(out, public, result["epochs"])
         storage.upload_dir(out, cfg.run_dir, StorageOptions.from_env(cfg.endpoint_url))
+
+
+def write_events(folder: str, config: dict, epochs: list[dict]) -> None:
+    """TensorBoard's files for a run, so `tensorboard --logdir <run folder>` charts it: each
+    epoch's figures as scalars at step = epoch, and the config as HParams (the fields that
+    are plain values). Written by rank 0 with the run's results, eagerly, outside any strategy."""
+    from tensorboard.plugins.hparams import api as hp
+
+    writer = tf.summary.create_file_writer(folder)
+    with writer.as_default():
+        hp.hparams({k: v for k, v in config.items() if isinstance(v, (bool, int, float, str))}, trial_id=config.get(
+            "name") or "run")
+        for e in epochs:
+            for k, v in e.items():
+                if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "epoch":
+                    tf.summary.scalar(k, v, step=int(e["epoch"]))
+    writer.flush()
+    writer.close()
