@@ -13,7 +13,10 @@ Interrupted? Rerun the same command with --resume: finished trials are not rerun
 import os
 import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+try:  # an installed tinyray (pip install . or -e .): its shipped sweeps live in tinyray.sweeps
+    import tinyray  # noqa: F401
+except ImportError:  # a bare checkout: the package beside this folder
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from tinyray.cli import main  # noqa: E402
 
