@@ -56,10 +56,6 @@ def ray_cluster(s3):
 
     from tinyray.cluster import repoint_stale_cluster_file
 
-    from tinyray.cluster import STARTUP_CONCURRENCY_ENV
-    from tinyray.resources import STARTUP_CONCURRENCY
-
-    os.environ.setdefault(STARTUP_CONCURRENCY_ENV, str(STARTUP_CONCURRENCY))  # as ensure_ray's local Ray
     ray.init(address="local", num_cpus=4, resources={"tinyray_driver": 4},
              runtime_env={"env_vars": {**s3.public_env, "TF_USE_LEGACY_KERAS": "1", "RAY_AUTH_MODE": "disabled"}},
              log_to_driver=False)

@@ -324,3 +324,16 @@ def test_kuberay_pods_fit_their_instance_types_use_token_auth_and_only_their_own
             res = pod["spec"]["containers"][0]["resources"]
             assert res["requests"]["cpu"] == res["limits"]["cpu"] and res["requests"]["memory"] == res["limits"]["memory"]
             assert quantity(res["requests"]["cpu"]) <= cpu and quantity(res["requests"]["memory"]) <= mem, instance
+
+
+def test_the_shipped_heads_start_workers_as_fast_as_a_trial_needs():
+    """A head with --num-cpus=0 would start one Python worker at a time (Ray's default: the CPU
+    count) and print start-up warnings to every driver: the shipped heads raise it."""
+    from conftest import shipped_head_env
+    from tinyray.resources import STARTUP_CONCURRENCY
+
+    assert shipped_head_env()["RAY_worker_maximum_startup_concurrency"] == str(STARTUP_CONCURRENCY)
+    kuberay = yaml.safe_load(open(os.path.join(ROOT, "cluster", "kuberay", "raycluster.yaml")))
+    head = kuberay["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+    assert {e["name"]: e["value"] for e in head["env"]}["RAY_worker_maximum_startup_concurrency"] == str(
+        STARTUP_CONCURRENCY)

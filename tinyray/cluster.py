@@ -10,10 +10,7 @@ import socket
 
 from tinyray.data.storage import StorageOptions
 from tinyray.errors import TinyrayError
-from tinyray.resources import (DRIVER_RESOURCE, RESOURCE_TIMEOUT, STARTUP_CONCURRENCY, launch_failures,
-                               resource_wait_line)
-
-STARTUP_CONCURRENCY_ENV = "RAY_worker_maximum_startup_concurrency"
+from tinyray.resources import DRIVER_RESOURCE, RESOURCE_TIMEOUT, launch_failures, resource_wait_line
 
 CURRENT_CLUSTER_FILE = "/tmp/ray/ray_current_cluster"
 
@@ -49,8 +46,6 @@ def ensure_ray(opts: StorageOptions, address: str | None = None, driver_slots: b
     kwargs = {}
     if address == "local" and driver_slots:
         kwargs["resources"] = {DRIVER_RESOURCE: os.cpu_count() or 1}
-    if address == "local":  # the raylet started here reads it from this environment
-        os.environ.setdefault(STARTUP_CONCURRENCY_ENV, str(STARTUP_CONCURRENCY))
     ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=verbose,
              logging_level=logging.INFO if verbose else logging.WARNING, **kwargs)
     if address == "local":

@@ -25,8 +25,8 @@ READ_CPUS = 0.25
 # keep that much free beside the workers, or no batch ever arrives.
 LIST_CPUS = 1.0
 # Python workers a raylet may start at once (RAY_worker_maximum_startup_concurrency), on the heads
-# tinyray's configs start and on a local Ray it starts itself. Ray's default is the node's CPU
-# count, and 1 on a head with --num-cpus=0: a trial starts about ten actors (Tune's trainable,
+# tinyray's cluster configs start (cluster/aws-gpu.yaml, the KubeRay head). Ray's default is the
+# node's CPU count, and 1 on a head with --num-cpus=0: a trial starts about ten actors (Tune's trainable,
 # Train's controller and its helpers, Ray Data's coordinators), so two trials on such a head
 # queue their start-ups one by one, and the raylet prints "N PYTHON worker processes have been
 # started ... Nx the maximum expected startup concurrency" to every driver's console (at 4x).
