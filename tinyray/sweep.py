@@ -273,7 +273,7 @@ def tracking_callbacks(cfg: SweepConfig, base: dict, manifest: dict) -> list:
     from tinyray import tracking
     from tinyray.train import provenance
 
-    return [tracking.TrackingCallback(cfg.mlflow, cfg.name, base, cfg.axes, provenance(manifest))]
+    return [tracking.TrackingCallback(cfg.mlflow, cfg.name, base, provenance(manifest))]
 
 
 def search_plan(cfg: SweepConfig, concurrency: int):

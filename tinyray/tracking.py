@@ -54,11 +54,28 @@ def experiment_id(client, name: str) -> str:
     return found.experiment_id if found else client.create_experiment(name)
 
 
-def config_params(config: dict, axes: list[str]) -> dict[str, str]:
+def config_params(config: dict) -> dict[str, str]:
     """A trial's params: every TrainConfig field (MLflow keeps params as strings; None as ""),
     the sweep's axes among them, so the UI's columns compare trials on any field."""
     return {k: "" if v is None else (json.dumps(v) if isinstance(v, (dict, list)) else str(v))
             for k, v in sorted(config.items())}
+
+
+def log_params(client, run_id: str, params: dict[str, str]) -> None:
+    """All of a run's params in one request (one per field would be ~35 round trips a trial)."""
+    from mlflow.entities import Param
+
+    client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()])
+
+
+def log_epoch(client, run_id: str, result: dict) -> None:
+    """One epoch's figures at step = epoch, in one request."""
+    import time
+
+    from mlflow.entities import Metric
+
+    now, step = int(time.time() * 1000), int(result["epoch"])
+    client.log_batch(run_id, metrics=[Metric(k, v, now, step) for k, v in epoch_metrics(result).items()])
 
 
 def epoch_metrics(result: dict) -> dict[str, float]:
@@ -87,11 +104,9 @@ def log_train_run(uri: str, experiment: str, result: dict, run_folder: str, stat
                                   f"{TAG}status": status, **({f"{TAG}error": error[:5000]} if error else {}),
                                   **provenance_tags(result.get("provenance"))})
     rid = run.info.run_id
-    for k, v in config_params(config, []).items():
-        client.log_param(rid, k, v)
+    log_params(client, rid, config_params(config))
     for e in result.get("epochs", []):
-        for k, v in epoch_metrics(e).items():
-            client.log_metric(rid, k, v, step=int(e["epoch"]))
+        log_epoch(client, rid, e)
     _log_blobs(client, rid, artifacts or {})
     client.set_terminated(rid, "FINISHED" if status == "completed" else "FAILED")
     return rid
@@ -160,8 +175,8 @@ def _tracking_callback_class():
         per epoch at step = epoch, tagged with its status when it ends. Pickled with the
         experiment (run ids included), so a resumed sweep goes on logging into the same runs."""
 
-        def __init__(self, uri: str, experiment: str, base: dict, axes: list[str], provenance: dict | None = None):
-            self.uri, self.experiment, self.base, self.axes = uri, experiment, base, axes
+        def __init__(self, uri: str, experiment: str, base: dict, provenance: dict | None = None):
+            self.uri, self.experiment, self.base = uri, experiment, base
             self.provenance = provenance or {}
             self.runs: dict[str, str] = {}  # Tune trial id -> MLflow run id
             self.planned: dict[str, int] = {}
@@ -192,8 +207,7 @@ def _tracking_callback_class():
                     tags={f"{TAG}model": config.model, f"{TAG}run_folder": folder, f"{TAG}status": "running",
                           f"{TAG}trial": trial.trial_id, **provenance_tags(self.provenance)})
                 self.runs[trial.trial_id], self.planned[trial.trial_id] = run.info.run_id, config.epochs
-                for k, v in config_params(config.to_dict(), self.axes).items():
-                    self.client.log_param(run.info.run_id, k, v)
+                log_params(self.client, run.info.run_id, config_params(config.to_dict()))
             return self.runs[trial.trial_id]
 
         def on_trial_start(self, iteration, trials, trial, **info):
@@ -201,9 +215,7 @@ def _tracking_callback_class():
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
             if "epoch" in result:
-                rid = self._run(trial)
-                for k, v in epoch_metrics(result).items():
-                    self.client.log_metric(rid, k, v, step=int(result["epoch"]))
+                log_epoch(self.client, self._run(trial), result)
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             rid = self._run(trial)
