@@ -137,3 +137,24 @@ def test_a_plan_checks_each_trial_against_the_cluster_config_and_fails_on_a_prob
     problems = [l for l in bad.stderr.splitlines() if l.startswith("problem: ")]
     assert len(problems) == 12 and "16 GPU, but the largest node has" in problems[0], bad.stderr
     assert bad.stderr.splitlines()[-1] == "12 problem(s): the sweep would not run as planned"
+
+
+def test_bash_completes_subcommands_flags_registry_choices_and_paths_from_the_generated_script(tmp_path):
+    from tinyray.models import REGISTRY
+
+    script = subprocess.run(["tinyray", "completion", "bash"], capture_output=True, text=True, timeout=60, check=True)
+    (tmp_path / "comp.bash").write_text(script.stdout)
+    (tmp_path / "grid-lr.yaml").write_text("")
+    probe = f"""source {tmp_path / 'comp.bash'}
+t() {{ COMP_WORDS=("$@"); COMP_CWORD=$((${{#COMP_WORDS[@]}}-1)); COMP_LINE="$*"; COMP_POINT=${{#COMP_LINE}}
+      COMPREPLY=(); _shtab_tinyray; echo "${{COMPREPLY[*]}}"; }}
+t tinyray se
+t tinyray predict --fo
+t tinyray train --model ""
+t tinyray sweep --config {tmp_path}/grid
+t tinyray data ""
+"""
+    out = subprocess.run(["bash", "-c", probe], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["serve", "--format --force", " ".join(REGISTRY), f"{tmp_path}/grid-lr.yaml",
+                                       "stage inspect sample"]

@@ -256,6 +256,81 @@ def test_batch_inference_over_an_s3_prefix_predicts_every_image_and_lists_the_un
         assert float(row["top1_prob"]) == pytest.approx(d["top"][0]["prob"], abs=1e-5)
 
 
+@pytest.mark.ray
+@pytest.mark.slow
+def test_batch_inference_into_a_prefix_is_written_by_ray_data_with_the_rows_of_one_file(ray_cluster, s3, tmp_path):
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    from tinyray.data import storage
+    from tinyray.data.sample import SampleSpec, write_sample
+    from tinyray.export import write_export
+    from tinyray.models import create_model
+    from tinyray.predict import predict_batch
+    from tinyray.tfk import keras
+
+    top = write_sample(str(tmp_path / "images"), SampleSpec(classes=4, train_per_class=50, val_per_class=1,
+                                                            test_images=1))
+    folder = os.path.join(top, "train")
+    with open(os.path.join(folder, "broken.JPEG"), "wb") as f:
+        f.write(b"not a jpeg")
+    keras.utils.set_random_seed(0)
+    export = write_export(str(tmp_path / "export"), with_uint8_input(create_model("tinycnn", num_classes=4)),
+                          CLASSES, None, "# a random tinycnn\n", {"model": "tinycnn"}, s3.options)
+    model = Export(export, s3.options)
+
+    def rows(table):
+        return sorted(table.to_pylist(), key=lambda r: r["file"])
+
+    one = predict_batch(model, [folder], str(tmp_path / "one.parquet"), k=2, opts=s3.options, batch_size=64)
+    expected = rows(pq.read_table(tmp_path / "one.parquet"))
+    assert (one["images"], one["predicted"], len(expected)) == (201, 200, 201)
+
+    # Parquet files under an s3:// prefix, written by Ray Data's tasks: the same rows
+    prefix = "s3://tinyray/predictions/run1/"
+    out = predict_batch(model, [folder], prefix, k=2, opts=s3.options, batch_size=64)
+    assert {k: out[k] for k in ("images", "predicted", "skipped")} == {k: one[k] for k in ("images", "predicted",
+                                                                                           "skipped")}
+    files = storage.list_files(prefix, s3.options)
+    assert files and all(f.endswith(".parquet") for f in files)
+    fs, path = storage.filesystem(prefix, s3.options)
+    assert rows(pq.read_table(path, filesystem=fs)) == expected
+
+    # a prefix that holds files: refused before any inference; --force replaces them (never appends)
+    with pytest.raises(TinyrayError, match=rf"--out {prefix} already holds {len(files)} file\(s\): pass --force"):
+        predict_batch(model, [folder], prefix, k=2, opts=s3.options)
+    predict_batch(model, [folder], prefix, k=2, opts=s3.options, batch_size=64, force=True)
+    assert rows(pq.read_table(path, filesystem=fs)) == expected
+
+    # CSV files in a local folder: the same rows as one CSV file
+    predict_batch(model, [folder], str(tmp_path / "csv"), k=2, opts=s3.options, batch_size=64, fmt="csv")
+    predict_batch(model, [folder], str(tmp_path / "one.csv"), k=2, opts=s3.options, batch_size=64)
+    parts = sorted(glob.glob(str(tmp_path / "csv" / "*.csv")))
+    import pyarrow as pa
+
+    read = lambda f: pacsv.read_csv(f, convert_options=pacsv.ConvertOptions(  # noqa: E731
+        column_types={"top1_prob": pa.float64(), "top2_prob": pa.float64(), "error": pa.string()}))
+    assert parts and rows(pa.concat_tables([read(f) for f in parts])) == rows(read(str(tmp_path / "one.csv")))
+    assert [r["file"] for r in rows(read(str(tmp_path / "one.csv"))) if r["error"]] == [
+        os.path.join(folder, "broken.JPEG")]
+
+
+def test_a_prefix_to_write_predictions_into_is_checked_before_any_inference(tmp_path, s3):
+    from tinyray.predict import check_prefix
+
+    with pytest.raises(TinyrayError, match=r"--out preds.json: give a .parquet or .csv file, or a folder or s3://"):
+        check_prefix("preds.json", s3.options, force=False, nodes=1)
+    with pytest.raises(TinyrayError, match=r"is a local folder, and each of the cluster's 3 nodes would write"):
+        check_prefix(str(tmp_path / "preds"), s3.options, force=False, nodes=3)
+    check_prefix(str(tmp_path / "preds"), s3.options, force=False, nodes=1)  # not there yet: fine
+    check_prefix("s3://tinyray/never-written/", s3.options, force=False, nodes=3)
+    (tmp_path / "preds").mkdir()
+    (tmp_path / "preds" / "old.parquet").write_bytes(b"x")
+    with pytest.raises(TinyrayError, match=r"already holds 1 file\(s\): pass --force to replace them$"):
+        check_prefix(str(tmp_path / "preds"), s3.options, force=False, nodes=1)
+    check_prefix(str(tmp_path / "preds"), s3.options, force=True, nodes=1)
+
+
 @pytest.mark.parametrize("cluster,pool", [
     ({"CPU": 2.0}, {"concurrency": 1, "num_cpus": 1, "threads": 2}),
     ({"CPU": 16.0}, {"concurrency": 15, "num_cpus": 1, "threads": 1}),

@@ -11,6 +11,8 @@ import os
 # that imports TensorFlow/Keras and checks it again.
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
 # TensorFlow's C++ start-up chatter (CPU feature notices, cuda probes) buries tinyray's own output.
+# A quiet command goes further (console.quiet_driver), unless the user chose a level.
+USER_TF_LOG_LEVEL = os.environ.get("TF_CPP_MIN_LOG_LEVEL")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 __version__ = "0.1.0"

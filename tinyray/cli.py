@@ -50,7 +50,37 @@ def build_parser() -> argparse.ArgumentParser:
 
     for register in _REGISTRARS:
         register(sub)
+    p = sub.add_parser("completion", help="print a shell completion script: eval \"$(tinyray completion bash)\"",
+                       description="Subcommands, flags, choices (models, schedulers...) and paths complete from the "
+                                   "parser itself. bash: add `eval \"$(tinyray completion bash)\"` to ~/.bashrc; zsh: "
+                                   "`tinyray completion zsh > ~/.zfunc/_tinyray` with ~/.zfunc on $fpath.")
+    p.add_argument("shell", choices=("bash", "zsh", "tcsh"))
+    p.set_defaults(func=_cmd_completion)
+    _complete_paths(parser)
     return parser
+
+
+# Arguments that name a file, a folder or a prefix: the shell completes local paths there.
+_PATH_POSITIONALS = {"experiment", "export", "model", "inputs", "src", "dest", "data", "dir"}
+_PATH_OPTIONS = {"--config", "--cluster-config", "--to", "--out", "--data", "--storage"}
+_SHELL_FILES = {"bash": "_shtab_compgen_files", "zsh": "_files", "tcsh": "f"}  # shtab's own names (shtab.FILE)
+
+
+def _complete_paths(parser: argparse.ArgumentParser) -> None:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                _complete_paths(child)
+        elif (not action.option_strings and action.dest in _PATH_POSITIONALS) or (
+                set(action.option_strings) & _PATH_OPTIONS):
+            action.complete = _SHELL_FILES
+
+
+def _cmd_completion(args) -> int:
+    import shtab
+
+    print(shtab.complete(build_parser(), args.shell), end="")
+    return 0
 
 
 def _cmd_data_sample(args) -> int:
@@ -95,19 +125,20 @@ def _cmd_data_inspect(args) -> int:
 
 def _cmd_storage_serve(args) -> int:
     import signal
-    import threading
+    import time
 
     from tinyray.data.storage import EmbeddedS3
 
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    stop: list[int] = []  # a flag: a handler setting a threading.Event can deadlock on the Event's lock
+    signal.signal(signal.SIGTERM, lambda signum, _frame: stop.append(signum))
     with EmbeddedS3(port=args.port, bucket=args.bucket) as s3:
         print(f"S3-compatible endpoint: {s3.endpoint_url} (bucket {args.bucket!r}); export:")
         for k, v in s3.env.items():
             print(f"export {k}={v}")
         print("Ctrl-C to stop.", flush=True)
         try:
-            stop.wait()
+            while not stop:
+                time.sleep(0.5)
         except KeyboardInterrupt:
             pass
     return 0
@@ -280,7 +311,10 @@ def _cmd_predict(args) -> int:
 
     if args.top < 1:
         raise TinyrayError(f"--top must be at least 1, got {args.top}")
+    from tinyray.console import quiet_driver
     from tinyray.data.storage import StorageOptions
+
+    quiet_driver(args.verbose)  # before TensorFlow loads
 
     opts = StorageOptions.from_env(args.endpoint_url)
     export = Export(args.model, opts)
@@ -294,8 +328,8 @@ def _cmd_predict(args) -> int:
         return 0
     from tinyray.cluster import ensure_ray
 
-    ensure_ray(opts, args.address)
-    out = predict_batch(export, args.inputs, args.out, args.top, opts)
+    ensure_ray(opts, args.address, verbose=args.verbose)
+    out = predict_batch(export, args.inputs, args.out, args.top, opts, fmt=args.format, force=args.force)
     for s in out["skipped"]:
         print(f"skipped {s['file']}: {s['reason']}", file=sys.stderr)
     print(f"{out['images']} images: {out['predicted']} predicted, {len(out['skipped'])} skipped → {out['out']}")
@@ -323,10 +357,53 @@ def _register_use(sub) -> None:
     p.add_argument("--top", type=int, default=5, help="classes per image (default %(default)s)")
     p.add_argument("--json", action="store_true", help="print a JSON list of {file, top: [{wnid, name, prob}]}")
     p.add_argument("--out", default="predictions.parquet",
-                   help="batch inference: a .parquet or .csv file, local or s3:// (default %(default)s)")
+                   help="batch inference: a .parquet or .csv file, local or s3:// (gathered by this process: for small "
+                        "inputs), or a folder or s3:// prefix that Ray Data writes into from the cluster, --format "
+                        "files (default %(default)s)")
+    p.add_argument("--format", choices=("parquet", "csv"), default="parquet",
+                   help="the files' format when --out is a folder or prefix (default %(default)s)")
+    p.add_argument("--force", action="store_true", help="replace what an --out folder or prefix holds")
     p.add_argument("--address", help="Ray cluster address for batch inference (default: $RAY_ADDRESS, else local)")
     p.add_argument("--endpoint-url", help="S3-compatible endpoint (default: $AWS_ENDPOINT_URL, else AWS)")
+    p.add_argument("--verbose", action="store_true", help="show Ray's and TensorFlow's own logs")
     p.set_defaults(func=_cmd_predict)
+
+
+def _cmd_serve(args) -> int:
+    from tinyray.data.storage import StorageOptions
+
+    try:
+        from tinyray.serve import serve_command
+    except ImportError as e:  # ray[serve]'s own packages (fastapi, uvicorn, grpc reflection)
+        raise TinyrayError(f"tinyray serve needs the serve extra ({e.name or e} is missing): "
+                           "pip install 'tinyray[serve]'") from None
+    serve_command(args.export, StorageOptions.from_env(args.endpoint_url), host=args.host, port=args.port,
+                  replicas=args.replicas, cpus=args.cpus_per_replica, gpus=args.gpus_per_replica, top=args.top,
+                  max_bytes=args.max_bytes, address=args.address, verbose=args.verbose)
+    return 0
+
+
+def _register_serve(sub) -> None:
+    p = sub.add_parser("serve", help="serve an export on Ray Serve: POST an image to /predict, get its top-k as JSON",
+                       description="Deploys the export as a Ray Serve application and serves until Ctrl-C (or "
+                                   "SIGTERM), then deletes it. POST /predict takes one image, as raw bytes or a "
+                                   "multipart file, and answers what `tinyray predict --json` prints for it; an "
+                                   "unreadable or oversized image is a 400 with one line. Needs the serve extra.")
+    p.add_argument("export", metavar="EXPORT", help="a folder (or s3:// prefix) written by tinyray export")
+    p.add_argument("--port", type=int, default=8000, help="the HTTP port (default %(default)s)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="the address to listen on (default %(default)s; 0.0.0.0 for every interface)")
+    p.add_argument("--replicas", type=int, default=1, help="model replicas (default %(default)s)")
+    p.add_argument("--gpus-per-replica", type=float, default=0.0, help="GPUs per replica (default %(default)s)")
+    p.add_argument("--cpus-per-replica", type=float, default=1.0, help="CPUs per replica (default %(default)s)")
+    p.add_argument("--top", type=int, default=5, help="classes per answer, unless a request asks ?top=K "
+                                                      "(default %(default)s)")
+    p.add_argument("--max-bytes", type=int, default=8 << 20, metavar="N",
+                   help="the largest request body (default 8 MiB)")
+    p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
+    p.add_argument("--endpoint-url", help="S3-compatible endpoint (default: $AWS_ENDPOINT_URL, else AWS)")
+    p.add_argument("--verbose", action="store_true", help="show Ray's and Serve's own logs")
+    p.set_defaults(func=_cmd_serve)
 
 
 def _register_doctor(sub) -> None:
@@ -412,7 +489,7 @@ def reference_markdown() -> str:
 
 
 # Each stage adds its subcommands through a function taking the subparsers object.
-_REGISTRARS: list = [_register_data, _register_train, _register_sweep, _register_use, _register_doctor]
+_REGISTRARS: list = [_register_data, _register_train, _register_sweep, _register_use, _register_serve, _register_doctor]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -33,6 +33,12 @@ def quiet_driver(verbose: bool) -> None:
     import os
 
     os.environ["TINYRAY_QUIET"] = "1"  # tinyray/tfk.py: TensorFlow's pre-logging notes too
+    # and its C++ log lines after the import ("failed call to cuInit" on a machine with no GPU),
+    # as in the workers (QUIET_ENV); TensorFlow reads it when it loads. A user's own level wins.
+    import tinyray
+
+    if tinyray.USER_TF_LOG_LEVEL is None:
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = QUIET_ENV["TF_CPP_MIN_LOG_LEVEL"]
     logging.getLogger("ray").setLevel(logging.WARNING)
     for name in ("ray.train", "ray.data"):
         logging.getLogger(name).setLevel(logging.ERROR)

@@ -2,11 +2,14 @@
 
     tinyray predict MODEL IMAGE…  [--top 5] [--json]          files: predicted here, printed
     tinyray predict MODEL FOLDER|s3://PREFIX … --out preds.parquet|preds.csv
+    tinyray predict MODEL s3://PREFIX … --out s3://bucket/preds/ [--format csv]
 
 MODEL is a folder (or s3:// prefix) that ``tinyray export`` wrote. A folder or an s3:// prefix
 runs batch inference with Ray Data: the images are read as files, and a pool of actors (one GPU
 each where the cluster has GPUs) decodes and predicts them; the predictions are written as
-Parquet or CSV. An image that cannot be read is listed as skipped, never dropped silently.
+Parquet or CSV: one file gathered here for small inputs, or, into a folder or prefix, by Ray
+Data from the cluster, so a million images' predictions never pass through this process. An
+image that cannot be read is listed as skipped, never dropped silently.
 """
 from __future__ import annotations
 
@@ -106,16 +109,28 @@ def predict_files(export: Export, files: list[str], k: int = 5, batch_size: int 
 # --------------------------------------------------------------------- batch inference (Ray)
 
 
-class Predictor:
-    """A Ray Data actor: the model loaded once, then decode + predict per batch of files."""
+def prediction_schema(k: int):
+    """The predictions' Arrow schema, fixed: a batch whose images all failed has the same column
+    types as any other (inferred, its probabilities would be nulls of no type)."""
+    import pyarrow as pa
 
-    def __init__(self, model_bytes: bytes, classes: list[dict], k: int, threads: int = 1):
+    return pa.schema([("file", pa.string()), *[(f"top{i + 1}_{f}", pa.string() if f == "wnid" else pa.float64())
+                                               for i in range(k) for f in ("wnid", "prob")], ("error", pa.string())])
+
+
+class Predictor:
+    """A Ray Data actor: the model loaded once, then decode + predict per batch of files.
+    ``scheme`` is put back before each path (Ray Data's paths are the filesystem's: bucket/key)."""
+
+    def __init__(self, model_bytes: bytes, classes: list[dict], k: int, threads: int = 1, scheme: str = ""):
         from tinyray.tfk import tf
 
         tf.config.threading.set_intra_op_parallelism_threads(threads)
-        self.model, self.classes, self.k = load_model(model_bytes), classes, k
+        self.model, self.classes, self.k, self.scheme = load_model(model_bytes), classes, k, scheme
 
-    def __call__(self, batch: dict) -> dict:
+    def __call__(self, batch: dict):
+        import pyarrow as pa
+
         images, errors = [], []
         for data in batch["bytes"]:
             try:
@@ -126,7 +141,9 @@ class Predictor:
                 errors.append(str(e))
         good = [img for img in images if img is not None]
         probs = np.asarray(self.model.predict_on_batch(np.stack(good))) if good else None
-        return prediction_rows(list(batch["path"]), images, errors, probs, self.classes, self.k)
+        files = [self.scheme + p for p in batch["path"]]
+        return pa.table(prediction_rows(files, images, errors, probs, self.classes, self.k),
+                        schema=prediction_schema(self.k))
 
 
 def read_sources(sources: list[str], opts: StorageOptions):
@@ -159,56 +176,103 @@ def actor_pool(cluster: dict) -> dict:
 
 
 def predict_batch(export: Export, sources: list[str], out: str, k: int = 5, opts: StorageOptions | None = None,
-                  batch_size: int = 256) -> dict:
-    """Batch inference with Ray Data over ``sources`` into ``out`` (.parquet or .csv, local or
-    s3://). Ray must be initialised. Returns counts and the skipped files."""
-    import pyarrow as pa
+                  batch_size: int = 256, fmt: str = "parquet", force: bool = False) -> dict:
+    """Batch inference with Ray Data over ``sources`` into ``out``, local or s3://: a .parquet or
+    .csv file (gathered here: for small inputs), or a folder / prefix that Ray Data writes as
+    ``fmt`` files straight from the cluster, so the predictions never pass through this process.
+    Ray must be initialised. Returns counts and the skipped files."""
     import ray
 
     opts = opts or StorageOptions.from_env()
-    if not out.endswith((".parquet", ".csv")):
-        raise TinyrayError(f"--out {out}: give a .parquet or .csv file")
+    one_file = out.endswith((".parquet", ".csv"))
+    fmt = ("csv" if out.endswith(".csv") else "parquet") if one_file else fmt
+    if fmt not in ("parquet", "csv"):
+        raise TinyrayError(f"--format {fmt}: give parquet or csv")
+    if not one_file:
+        check_prefix(out, opts, force, nodes=sum(1 for n in ray.nodes() if n.get("Alive")))
     pool = actor_pool(ray.cluster_resources())
     resources = {k_: v for k_, v in pool.items() if k_ in ("num_gpus", "num_cpus")}
     ds = read_sources(sources, opts).map_batches(
         Predictor, fn_constructor_kwargs={"model_bytes": export.model_bytes, "classes": export.classes, "k": k,
-                                          "threads": pool["threads"]},
-        batch_size=batch_size, concurrency=pool["concurrency"], **resources)
+                                          "threads": pool["threads"],
+                                          "scheme": "s3://" if storage.is_s3(sources[0]) else ""},
+        batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=pool["concurrency"]), **resources)
     from tinyray.data.pipeline import within
 
     wait = float(os.environ.get("TINYRAY_PREDICT_TIMEOUT") or PREDICT_TIMEOUT)
     stalled = lambda: TinyrayError(  # noqa: E731
         f"no predictions arrived within {wait:g} s (TINYRAY_PREDICT_TIMEOUT): the {pool['concurrency']} predict "
         f"actor(s) could not start or the images could not be read (see `ray status`)")
-    batches = within(ds.iter_batches(batch_format="pyarrow", batch_size=None), wait, stalled)
-    table = pa.concat_tables([pa.table(b) for b in batches]
-                             or [pa.table(prediction_rows([], [], [], None, export.classes, k))])
-    files = table.column("file").to_pylist()
-    if storage.is_s3(sources[0]):  # Ray Data's paths are the filesystem's: bucket/key
-        files = ["s3://" + f for f in files]
-        table = table.set_column(table.schema.get_field_index("file"), "file", pa.array(files, pa.string()))
-    write_table(table, out, opts)
-    errors = table.column("error").to_pylist()
-    skipped = [{"file": f, "reason": e} for f, e in zip(files, errors) if e]
-    return {"images": len(files), "predicted": len(files) - len(skipped), "skipped": skipped, "out": out}
+    # The blocks stay in the object store: this process holds references and row counts only.
+    blocks = [entry for bundle in within(ds.iter_internal_ref_bundles(), wait, stalled) for entry in bundle.blocks]
+    images = sum(entry.metadata.num_rows for entry in blocks)
+    predictions = ray.data.from_arrow_refs([entry.ref for entry in blocks]) if blocks else None
+    if one_file:
+        import pyarrow as pa
+
+        write_table(pa.concat_tables([ray.get(entry.ref) for entry in blocks] or [prediction_schema(k).empty_table()]),
+                    out, opts)
+    elif predictions is not None:
+        write_prefix(predictions, out, fmt, opts, force)
+    failed = (predictions.filter(expr="error != ''").select_columns(["file", "error"]).take_all()
+              if predictions is not None else [])
+    skipped = sorted(({"file": r["file"], "reason": r["error"]} for r in failed), key=lambda r: r["file"])
+    return {"images": images, "predicted": images - len(skipped), "skipped": skipped, "out": out}
 
 
-def write_table(table, out: str, opts: StorageOptions) -> None:
-    import pyarrow.csv as pacsv
-    import pyarrow.parquet as pq
-
+def csv_safe(table):
+    """A predictions table with every text cell made safe for a spreadsheet (file and class names
+    come from outside: no cell starting ``= + - @`` is left to run)."""
     import pyarrow as pa
 
     from tinyray.render import csv_cell
 
+    columns = [pa.array([csv_cell(v) for v in col.to_pylist()], col.type) if pa.types.is_string(col.type) else col
+               for col in table.columns]
+    return pa.table(columns, names=table.column_names)
+
+
+def write_table(table, out: str, opts: StorageOptions) -> None:
+    """One file of predictions, .parquet or .csv, local or s3://."""
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
     buf = io.BytesIO()
     if out.endswith(".parquet"):
         pq.write_table(table, buf)
-    else:  # file names and class names come from outside: no cell a spreadsheet would run
-        columns = [pa.array([csv_cell(v) for v in col.to_pylist()], col.type) if pa.types.is_string(col.type) else col
-                   for col in table.columns]
-        pacsv.write_csv(pa.table(columns, names=table.column_names), buf)
+    else:
+        pacsv.write_csv(csv_safe(table), buf)
     storage.write_bytes(out if storage.is_s3(out) else storage.local_path(out), buf.getvalue(), opts)
+
+
+def check_prefix(out: str, opts: StorageOptions, force: bool, nodes: int) -> None:
+    """Before any inference: a folder or prefix to write into. One that holds files needs
+    ``force`` (which replaces them: Ray Data's own default appends, and a second run would double
+    every row). A local folder on a cluster of several nodes would be split across their disks."""
+    if os.path.splitext(out.rstrip("/"))[1]:
+        raise TinyrayError(f"--out {out}: give a .parquet or .csv file, or a folder or s3:// prefix for Ray Data "
+                           "to write into")
+    if not storage.is_s3(out) and nodes > 1:
+        raise TinyrayError(f"--out {out} is a local folder, and each of the cluster's {nodes} nodes would write its "
+                           "part to its own disk: give an s3:// prefix, or a .parquet or .csv file")
+    held = storage.list_files(out, opts) if storage.is_s3(out) or os.path.isdir(storage.local_path(out)) else []
+    if held and not force:
+        raise TinyrayError(f"--out {out} already holds {len(held)} file(s): pass --force to replace them")
+
+
+def write_prefix(predictions, out: str, fmt: str, opts: StorageOptions, force: bool = False) -> None:
+    """Ray Data writes the predictions' blocks as files under ``out`` from the cluster's tasks,
+    each signing in with what its node has (``storage.filesystem(ship=True)``)."""
+    from ray.data import SaveMode
+
+    fs, path = storage.filesystem(out, opts, ship=True)
+    # check_prefix refused a full one without force; on S3, no empty "folder" object at the prefix
+    args = {"filesystem": fs, "mode": SaveMode.OVERWRITE if force else SaveMode.APPEND,
+            "try_create_dir": not storage.is_s3(out)}
+    if fmt == "csv":
+        predictions.map_batches(csv_safe, batch_format="pyarrow").write_csv(path, **args)
+    else:
+        predictions.write_parquet(path, **args)
 
 
 def print_predictions(done: list, skipped: list, as_json: bool, out=sys.stdout) -> None:
