@@ -4,6 +4,7 @@ import concurrent.futures
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -95,9 +96,11 @@ def test_tinyray_serve_answers_what_predict_does_refuses_bad_images_and_keeps_up
     expected = {os.path.basename(d["file"]): d["top"] for d in predict_files(Export(export), images, k=3)[0]}
     port = free_port()
     gcs = ray_cluster.get_runtime_context().gcs_address
+    # a user's shell: without the TF log level that importing tinyray set in this process
+    shell = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
     proc = subprocess.Popen([sys.executable, "-m", "tinyray.cli", "serve", export, "--port", str(port),
                              "--address", gcs, "--top", "3", "--max-bytes", "100000"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=shell)
     try:
         first = proc.stdout.readline()  # the command's bound ends this wait too (TINYRAY_SERVE_TIMEOUT)
         url = f"http://127.0.0.1:{port}/predict"
@@ -147,6 +150,20 @@ def test_tinyray_serve_answers_what_predict_does_refuses_bad_images_and_keeps_up
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=120)
         assert proc.returncode == 0 and out.strip() == "stopped: the application is deleted", err
+        assert "tinyray" not in serve.status().applications
+        assert not [line for line in err.splitlines() if line.strip()], err  # quiet: no Ray, Serve or TF lines
+
+        # replicas that no node can hold: a bounded wait, then one line with what was asked and what is free
+        out = subprocess.run([sys.executable, "-m", "tinyray.cli", "serve", export, "--port", str(port), "--address",
+                              gcs, "--gpus-per-replica", "1"], capture_output=True, text=True, timeout=300,
+                             env={**shell, "TINYRAY_SERVE_TIMEOUT": "15"})
+        assert out.returncode == 1 and out.stdout == ""
+        assert re.fullmatch(r"tinyray: error: the Serve replicas did not start within 15 s \(TINYRAY_SERVE_TIMEOUT, "
+                            r"state DEPLOYING\): each asks for 1 CPU and 1 GPU, and the cluster has [\d.]+ CPU and 0 "
+                            r"GPU free \(see `ray status`\)", out.stderr.strip()), out.stderr
+        deadline = time.monotonic() + 60  # the command asked Serve to delete it, without waiting
+        while "tinyray" in serve.status().applications and time.monotonic() < deadline:
+            time.sleep(1)
         assert "tinyray" not in serve.status().applications
     finally:
         if proc.poll() is None:

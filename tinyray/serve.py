@@ -39,6 +39,8 @@ MAX_ONGOING = 64
 # The bound on the wait for the replicas to start and the route to answer (the model's load and,
 # on an autoscaling cluster, a node's start included).
 SERVE_TIMEOUT = 600
+# Once the replicas run, the proxy answers within seconds: past this, it listens somewhere else.
+ROUTE_WAIT = 30
 
 
 # ------------------------------------------------------------------ a request's image (pure)
@@ -121,7 +123,19 @@ class Classifier:
     """One replica: the export's model, loaded once; each request decoded here and predicted
     with the others that arrived with it."""
 
-    def __init__(self, model_bytes: bytes, classes: list[dict], source: str, top: int, max_bytes: int, info: dict):
+    def __init__(self, model_bytes: bytes, classes: list[dict], source: str, top: int, max_bytes: int, info: dict,
+                 gpus: float = 0.0):
+        from tinyray.tfk import tf
+
+        devices = tf.config.list_physical_devices("GPU")
+        # as in a training worker: a replica given a GPU that TensorFlow cannot see would serve from
+        # its CPU, silently slower; replicas sharing a GPU (--gpus-per-replica 0.5) each grow into it
+        if gpus > 0 and not devices and os.environ.get("TINYRAY_ALLOW_MISSING_GPU") != "1":
+            from tinyray.doctor import tf_loader_notes
+
+            raise TinyrayError(f"this replica was given a GPU but TensorFlow sees none: {tf_loader_notes()}")
+        for device in devices:
+            tf.config.experimental.set_memory_growth(device, True)
         self.model = load_model(model_bytes, source)
         self.classes, self.top, self.max_bytes, self.info = classes, top, max_bytes, info
 
@@ -178,7 +192,7 @@ def build_app(export: Export, replicas: int = 1, cpus: float = 1.0, gpus: float 
     deployment = serve.deployment(Classifier, name="classifier", num_replicas=replicas,
                                   max_ongoing_requests=MAX_ONGOING,
                                   ray_actor_options=replica_options(cpus, gpus, verbose))
-    return deployment.bind(export.model_bytes, export.classes, export.uri, top, max_bytes, info)
+    return deployment.bind(export.model_bytes, export.classes, export.uri, top, max_bytes, info, gpus)
 
 
 def deploy(app, host: str, port: int, asked: dict, timeout: float | None = None) -> str:
@@ -192,18 +206,22 @@ def deploy(app, host: str, port: int, asked: dict, timeout: float | None = None)
                    wait_for_ingress_deployment_creation=False, wait_for_applications_running=False)
     wait = float(timeout or os.environ.get("TINYRAY_SERVE_TIMEOUT") or SERVE_TIMEOUT)
     url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
-    deadline = time.monotonic() + wait
+    deadline, running_since = time.monotonic() + wait, None
     while True:
         app_status = serve.status().applications.get(APP_NAME)
         state = str(app_status.status).split(".")[-1] if app_status else "NOT_STARTED"
         if state in ("DEPLOY_FAILED", "UNHEALTHY"):
             serve.delete(APP_NAME)
             raise TinyrayError(f"the Serve application failed to start: {_failure(app_status)}")
-        if state == "RUNNING" and _answers(url + "/healthz"):
-            return url + "/predict"
-        if time.monotonic() > deadline:
+        if state == "RUNNING":
+            if _answers(url + "/healthz"):
+                return url + "/predict"
+            running_since = running_since or time.monotonic()
+        # Serve already running on the cluster keeps its own host and port (serve.start only warns):
+        # replicas that run while the route never answers here are that, not a slow start
+        if time.monotonic() > deadline or (running_since and time.monotonic() - running_since > ROUTE_WAIT):
             serve.delete(APP_NAME, _blocking=False)
-            raise TinyrayError(_stalled(state, wait, asked, url))
+            raise TinyrayError(_stalled(state, ROUTE_WAIT if running_since else wait, asked, url))
         time.sleep(0.5)
 
 
@@ -227,8 +245,8 @@ def _stalled(state: str, wait: float, asked: dict, url: str) -> str:
 
     free = {k: v for k, v in ray.available_resources().items() if k in ("CPU", "GPU")}
     if state == "RUNNING":
-        return (f"the replicas run, but {url} did not answer within {wait:g} s (TINYRAY_SERVE_TIMEOUT): Serve on "
-                "this cluster may already listen on another host or port (`serve status`, `serve shutdown`)")
+        return (f"the replicas run, but {url} did not answer within {wait:g} s: Serve on this cluster already "
+                "listens on another host or port (`serve status`; `serve shutdown` stops it), or a firewall is between")
     return (f"the Serve replicas did not start within {wait:g} s (TINYRAY_SERVE_TIMEOUT, state {state}):"
             f" each asks for {asked['CPU']:g} CPU and {asked['GPU']:g} GPU, and the cluster has "
             f"{free.get('CPU', 0):g} CPU and {free.get('GPU', 0):g} GPU free (see `ray status`)")
