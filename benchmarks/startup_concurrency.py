@@ -1,6 +1,6 @@
 """Should a local Ray that tinyray starts raise the raylet's worker start-up concurrency?
 
-Runs the main job's embedded default (``python jobs/train_all.py``, each in a fresh folder) with
+Runs the main job's embedded default (``python jobs/train_all.py --storage FRESH_FOLDER``) with
 Ray's default and with ``RAY_worker_maximum_startup_concurrency`` raised to
 resources.STARTUP_CONCURRENCY, alternating which goes first in each repetition. Per arm: the
 median wall time and its spread, the console's line count and its raylet lines. Prints one JSON
@@ -31,7 +31,8 @@ def run(arm: str) -> dict:
     env = {k: v for k, v in os.environ.items() if k != "RAY_worker_maximum_startup_concurrency"}
     with tempfile.TemporaryDirectory() as cwd:
         start = time.perf_counter()
-        out = subprocess.run([sys.executable, os.path.abspath(JOB)], cwd=cwd, env={**env, **ARMS[arm]},
+        # --storage: each run its own experiment folder (the default, ~/tinyray/experiments, is one)
+        out = subprocess.run([sys.executable, os.path.abspath(JOB), "--storage", cwd], cwd=cwd, env={**env, **ARMS[arm]},
                              capture_output=True, text=True, timeout=3600)
         seconds = time.perf_counter() - start
     lines = (out.stdout + out.stderr).splitlines()

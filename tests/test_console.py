@@ -40,3 +40,20 @@ def test_a_table_aligns_text_left_and_numbers_right():
         "tinycnn    0.5",
         "m2       12.25",
     ]
+
+
+def test_the_raylets_startup_concurrency_warning_stays_off_a_quiet_console_and_its_other_messages_do_not(capsys):
+    import ray._private.worker as ray_worker
+
+    from tinyray.console import drop_startup_warnings
+
+    drop_startup_warnings()
+    drop_startup_warnings()  # once only, however many drivers' set-ups call it
+    warning = ("WARNING: 20 PYTHON worker processes have been started on node: 1f2e with address: 127.0.0.1, which is "
+               "10x the maximum expected startup concurrency (2). This could be a result of using a large number of "
+               "actors, tasks blocked in ray.get() calls, or tasks with fractional CPU requests")
+    died = "A worker died or was killed while executing a task by an unexpected system error (console test)."
+    ray_worker.print_to_stdstream({"lines": [warning], "pid": "raylet", "is_err": False}, ignore_prefix=False)
+    ray_worker.print_to_stdstream({"lines": [died], "pid": "raylet", "is_err": False}, ignore_prefix=False)
+    out = capsys.readouterr().out
+    assert "maximum expected startup concurrency" not in out and died in out

@@ -276,9 +276,11 @@ def submit(address, env, *args, wait=True, runtime_env=None):
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_the_embedded_default_runs_from_a_plain_install_as_a_ray_job(head_cluster, tmp_path):
-    """`pip install .` (not editable), then the job script from another folder: the embedded
-    default finds its sweep file inside the package and runs the smoke sweep."""
+def test_the_embedded_default_runs_from_a_plain_install_as_the_readme_runs_it(tmp_path):
+    """`pip install .` (not editable), then the job script from another folder, as the README's
+    first command runs it: tinyray starts its own local Ray (Ray's default start-up concurrency,
+    the CPU count), the embedded default finds its sweep file inside the package and runs the
+    smoke sweep, and the console holds tinyray's lines only."""
     import shutil
     import sys
 
@@ -288,22 +290,32 @@ def test_the_embedded_default_runs_from_a_plain_install_as_a_ray_job(head_cluste
     assert install.returncode == 0, install.stderr[-2000:]
     elsewhere.mkdir()
     shutil.copy(os.path.join(ROOT, "jobs", "train_all.py"), elsewhere)
-    env_vars = {"PYTHONPATH": str(target)}
+    # a user's shell: no cluster address, no start-up concurrency, no TF log level (importing
+    # tinyray set one in this process)
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RAY_ADDRESS", "RAY_worker_maximum_startup_concurrency", "TF_CPP_MIN_LOG_LEVEL")}
+    env["PYTHONPATH"] = str(target)
     where = subprocess.run([sys.executable, "-c", "import tinyray; print(tinyray.__file__)"], cwd=elsewhere,
-                           env={**os.environ, **env_vars}, capture_output=True, text=True)
+                           env=env, capture_output=True, text=True)
     assert where.stdout.startswith(str(target)), where  # the plain install, not this checkout
-    address, env, *_ = head_cluster
     # Two of the six seed models, one epoch: the suite's time (all six took 297 s here). The
     # embedded default's six models are checked by test_the_embedded_default_is_the_six_seed_models.
-    out = submit_job(address, env, ["python", str(elsewhere / "train_all.py"), "--storage", str(tmp_path),
-                                    "--name", "smoke-test", "--epochs", "1", "--batch-size", "32",
-                                    "--models", "model1,model2"],
-                     runtime_env={"env_vars": env_vars}, working_dir=False)
+    out = subprocess.run([sys.executable, "train_all.py", "--storage", str(tmp_path), "--name", "smoke-test",
+                          "--epochs", "1", "--batch-size", "32", "--models", "model1,model2"],
+                         cwd=elsewhere, env=env, capture_output=True, text=True, timeout=1200)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "no --data: embedded default" in out.stdout and "sweep smoke-test: 2 trials" in out.stdout
     assert "report: " in out.stdout
-    for noise in ("RayTrainWorker", "TrainingReport", "I0000", "oneDNN", "Traceback", "(raylet)"):
-        assert noise not in out.stdout + out.stderr  # quiet by default
+    for noise in ("RayTrainWorker", "TrainingReport", "I0000", "oneDNN", "Traceback", "(raylet)",
+                  "maximum expected startup concurrency", "INFO"):
+        assert noise not in out.stdout + out.stderr, noise  # quiet by default
+    # the main job's console, counted: its own lines, each of a kind it prints, nothing of Ray's
+    lines = [line for line in (out.stdout + out.stderr).splitlines() if line.strip()]
+    kinds = (r"no --data: embedded default\. .*", r"staged 240 train .*", r"sweep smoke-test: 2 trials, .*",
+             r"\s*trial\s+status\s+model\s+epochs\s+val top-1", r"[- ]+", r"smoke-test_\w+\s+\w+\s+model[12]\s.*",
+             r"model=model[12]  epoch 1/1  loss .* img/s", r"report: .*", r"dashboards: tensorboard --logdir .*")
+    strays = [line for line in lines if not any(re.fullmatch(k, line) for k in kinds)]
+    assert not strays and len(lines) <= 24, "\n".join(lines)
     md = open(tmp_path / "smoke-test" / "report.md").read()
     table = md.split("## The seed's table, reproduced")[1].split("##")[0]
     rows = [l for l in table.splitlines() if l.startswith("| model") and not l.startswith("| model |")]

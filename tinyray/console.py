@@ -13,6 +13,7 @@ lines from where they happen to the driver (a Ray actor, a Keras and a Tune call
 from __future__ import annotations
 
 import logging
+import re
 import warnings
 
 # In every worker's environment when quiet (cluster.ensure_ray): TensorFlow's C++ start-up
@@ -45,6 +46,39 @@ def quiet_driver(verbose: bool) -> None:
     logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
     for category in (DeprecationWarning, FutureWarning, UserWarning):
         warnings.filterwarnings("ignore", category=category, module=r"ray(\.|$)")
+    drop_startup_warnings()
+
+
+# The raylet's note that many Python workers have started (at 4x its start-up concurrency, which
+# is the node's CPU count): every trial starts about ten actors, so a sweep on a laptop's local
+# Ray always reaches it, and it says nothing the person can act on. Raising the concurrency
+# instead keeps it away too, but the main job then ran 1.15x as long on 2 CPUs (1.11-1.26, 3 runs each)
+# (benchmarks/startup_concurrency.py); the shipped heads raise it (resources.STARTUP_CONCURRENCY).
+STARTUP_WARNING = re.compile(r"worker processes have been started on node: .* the maximum expected startup "
+                             r"concurrency")
+
+
+def drop_startup_warnings() -> None:
+    """Keep the raylet's start-up concurrency warning off this driver's console; every other
+    message the raylet sends (a worker killed for memory, a dead node) still prints. Ray prints
+    them from its error-listener thread through ``ray._private.worker.print_to_stdstream``,
+    which is wrapped here (docs/workarounds.md)."""
+    import ray._private.worker as ray_worker
+
+    original = ray_worker.print_to_stdstream
+    if getattr(original, "tinyray_filtered", False):
+        return
+
+    def filtered(data, ignore_prefix):
+        if data.get("pid") == "raylet":
+            lines = [line for line in data.get("lines", []) if not STARTUP_WARNING.search(line)]
+            if not lines:
+                return None
+            data = {**data, "lines": lines}
+        return original(data, ignore_prefix)
+
+    filtered.tinyray_filtered = True
+    ray_worker.print_to_stdstream = filtered
 
 
 # ------------------------------------------------------------------------ lines (pure)
