@@ -81,6 +81,19 @@ def test_plot_labels_are_never_mathtext(label):
     assert png[:4] == b"\x89PNG"
 
 
+def test_log_axes_are_labelled_in_plain_numbers_not_mathtext_printed_as_is():
+    from tinyray.plots import _figure, log_x
+
+    plt, fig, ax = _figure(4, 3)
+    ax.scatter([0.003, 0.05, 2.0], [1, 2, 3])
+    log_x(ax)
+    fig.canvas.draw()
+    labels = [t.get_text() for t in ax.get_xticklabels() if t.get_text()]
+    plt.close(fig)
+    assert labels and not any("$" in t or "mathdefault" in t for t in labels)
+    assert {"0.01", "0.1", "1"} <= set(labels)
+
+
 def test_predictions_csv_quotes_what_a_spreadsheet_would_run(tmp_path):
     import pyarrow as pa
 

@@ -12,9 +12,11 @@ def test_figures_never_wrap_in_the_html_and_words_still_do():
     page = to_html("r", [], [Section("s", [table])])
     cells = re.findall(r"<td( class=n)?>(.*?)</td>", page)
     assert [(bool(n), text) for n, text in cells] == [
-        (True, "model2"), (True, "79.58 / 81.2 %"), (False, "stopped: the object store at http://x became unreachable"),
+        (False, "model2"), (True, "79.58 / 81.2 %"), (False, "stopped: the object store at http://x became unreachable"),
         (False, "<code>tinycnn</code>"), (True, "1,234 img/s"), (True, "12.3 s")]
     assert "td.n,th{white-space:nowrap}" in page and "<div class=wide><table>" in page
+    # figures and the header of a column of figures are right-aligned; words, and the first column, read left
+    assert "<tr><th>model</th><th class=n>val top-1</th><th>note</th></tr>" in page and ".n{text-align:right}" in page
 
 
 def test_what_counts_as_a_figure():

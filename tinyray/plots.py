@@ -18,6 +18,16 @@ def _figure(width: float, height: float):
     return plt, *plt.subplots(figsize=(width, height), dpi=110)
 
 
+def log_x(ax) -> None:
+    """A log-scale x axis labelled in plain numbers (0.01, 0.1, 1): matplotlib's own log labels
+    are mathtext ("$\\mathdefault{10^{-2}}$"), which parse_math=False above would print as is."""
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
 def _png(plt, fig) -> bytes:
     fig.tight_layout()
     buf = io.BytesIO()
@@ -32,7 +42,8 @@ def _finish(plt, fig, ax, xlabel: str, ylabel: str, title: str) -> bytes:
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    # beside the axes, not on them: with six or more series "best" still covers lines
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0)
     return _png(plt, fig)
 
 
@@ -40,7 +51,7 @@ def accuracy_vs_epoch(lines: dict[str, list[tuple[int, float]]], title: str) -> 
     """One line per label: (epoch, accuracy) points — the seed's two plots."""
     from matplotlib.ticker import MaxNLocator
 
-    plt, fig, ax = _figure(7, 4.2)
+    plt, fig, ax = _figure(9, 4.2)  # the legend sits beside the axes
     for label, points in lines.items():
         ax.plot([e for e, _ in points], [100 * a for _, a in points], marker="o", ms=3, label=label)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -92,7 +103,7 @@ def accuracy_vs_cost(points: list[tuple[str, float, float]], seed: list[tuple[st
         ax.scatter(hours, acc, marker="x", color="#777")
         ax.annotate(f"{label} (seed)", (hours, acc), fontsize=7, color="#777",
                     xytext=(4, 4 if i % 2 == 0 else -10), textcoords="offset points")
-    ax.set_xscale("log")
+    log_x(ax)
     ax.set_xlabel(f"training cost, {unit} (log scale); seed: GPU-hours (×)")
     ax.set_ylabel("val top-1 (%)")
     ax.set_title("Accuracy against training cost")
@@ -103,8 +114,8 @@ def accuracy_vs_cost(points: list[tuple[str, float, float]], seed: list[tuple[st
 def lr_scatter(points: dict[str, list[tuple[float, float]]], title: str) -> bytes:
     """Best val top-1 against a continuous lr (a random or optuna search): one colour per label
     (the optimizer), lr on a log scale."""
-    plt, fig, ax = _figure(7, 4.2)
+    plt, fig, ax = _figure(9, 4.2)
     for label, pts in points.items():
         ax.scatter([lr for lr, _ in pts], [100 * a for _, a in pts], label=label, s=22)
-    ax.set_xscale("log")
+    log_x(ax)
     return _finish(plt, fig, ax, "lr (log scale)", "best val top-1 (%)", title)

@@ -143,9 +143,13 @@ def _html_block(block, images: dict[str, bytes]) -> str:
     if isinstance(block, Para):
         return f"<p>{_html_parts(block.parts)}</p>"
     if isinstance(block, Table):
-        head = "".join(f"<th>{_html_parts(h)}</th>" for h in block.header)
-        body = "".join("<tr>" + "".join(f"<td{' class=n' if is_figure(c) else ''}>{_html_parts(c)}</td>"
-                                        for c in row) + "</tr>" for row in block.rows)
+        # figures are right-aligned, and so is the header of a column of figures; words read left
+        figures = [bool(block.rows) and all(is_figure(row[i]) or not _text(row[i]) for row in block.rows)
+                   for i in range(len(block.header))]
+        head = "".join(f"<th{' class=n' if figures[i] and i else ''}>{_html_parts(h)}</th>"
+                       for i, h in enumerate(block.header))
+        body = "".join("<tr>" + "".join(f"<td{' class=n' if is_figure(c) and i else ''}>{_html_parts(c)}</td>"
+                                        for i, c in enumerate(row)) + "</tr>" for row in block.rows)
         # a wide table scrolls on its own rather than squeezing its figures onto two lines
         return f"<div class=wide><table><tr>{head}</tr>{body}</table></div>"
     if isinstance(block, Image):
@@ -162,13 +166,18 @@ def is_figure(cell) -> bool:
     """A cell that is a figure ("79.58 / 81.2 %", "1,234 img/s", "12.3 s"): digits and punctuation
     with at most a short unit. A figure never wraps in report.html (a number split over two lines,
     "79.58 /" above "%", reads as two); words (a model's description, an error line) still wrap."""
-    text = "".join(p.text if isinstance(p, Span) else str(p) for p in (cell if isinstance(cell, list) else [cell]))
+    text = _text(cell)
     return any(ch.isdigit() for ch in text) and sum(ch.isalpha() for ch in text) <= 5
 
 
-STYLE = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
-         "table{border-collapse:collapse;margin:1em 0;font-size:14px}td,th{border:1px solid #ccc;"
-         "padding:4px 8px;text-align:right}td:first-child,th:first-child{text-align:left}"
+def _text(cell) -> str:
+    return "".join(p.text if isinstance(p, Span) else str(p) for p in (cell if isinstance(cell, list) else [cell]))
+
+
+# Tables may use a wide window (the seed's table has 13 columns); prose keeps a readable measure.
+STYLE = ("body{font-family:system-ui,sans-serif;max-width:1500px;margin:2em auto;padding:0 1em}"
+         "p,ul{max-width:1100px}table{border-collapse:collapse;margin:1em 0;font-size:14px}"
+         "td,th{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}.n{text-align:right}"
          "td.n,th{white-space:nowrap}.wide{overflow-x:auto}"
          "img{max-width:100%}pre{background:#f5f5f5;padding:1em;overflow:auto}")
 
