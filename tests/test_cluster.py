@@ -73,9 +73,10 @@ def test_gpu_nodes_install_tensorflows_cuda_wheels_at_ci_pins():
     for name, t in cfg["available_node_types"].items():
         cmds = " ".join(t.get("worker_setup_commands", []) or cfg["setup_commands"])
         assert "-c /home/ray/tinyray/constraints.txt" in cmds, name
-        assert ("[gpu]" in cmds) == (t["resources"].get("GPU", 0) > 0), name
+        extras = set(re.search(r"tinyray\[([a-z,]+)\]", cmds).group(1).split(","))
+        assert ("gpu" in extras) == (t["resources"].get("GPU", 0) > 0) and "serve" in extras, name
     dockerfile = open(os.path.join(CLUSTER, "kuberay", "Dockerfile")).read()
-    assert "-c constraints.txt" in dockerfile and "[gpu]" in dockerfile
+    assert "-c constraints.txt" in dockerfile and '-e ".[gpu,serve,mlflow]"' in dockerfile
     assert "-c constraints.txt" in open(os.path.join(ROOT, ".ci", "run")).read()
 
 
