@@ -290,10 +290,11 @@ def test_the_embedded_default_runs_from_a_plain_install_as_the_readme_runs_it(tm
     assert install.returncode == 0, install.stderr[-2000:]
     elsewhere.mkdir()
     shutil.copy(os.path.join(ROOT, "jobs", "train_all.py"), elsewhere)
-    # a user's shell: no cluster address, no start-up concurrency, no TF log level (importing
-    # tinyray set one in this process)
+    # a user's shell: no cluster address, no start-up concurrency, no auth mode (Ray then starts
+    # its local cluster with token auth and says so), no TF log level (importing tinyray set one)
     env = {k: v for k, v in os.environ.items()
-           if k not in ("RAY_ADDRESS", "RAY_worker_maximum_startup_concurrency", "TF_CPP_MIN_LOG_LEVEL")}
+           if k not in ("RAY_ADDRESS", "RAY_worker_maximum_startup_concurrency", "TF_CPP_MIN_LOG_LEVEL",
+                        "RAY_AUTH_MODE")}
     env["PYTHONPATH"] = str(target)
     where = subprocess.run([sys.executable, "-c", "import tinyray; print(tinyray.__file__)"], cwd=elsewhere,
                            env=env, capture_output=True, text=True)
@@ -307,7 +308,7 @@ def test_the_embedded_default_runs_from_a_plain_install_as_the_readme_runs_it(tm
     assert "no --data: embedded default" in out.stdout and "sweep smoke-test: 2 trials" in out.stdout
     assert "report: " in out.stdout
     for noise in ("RayTrainWorker", "TrainingReport", "I0000", "oneDNN", "Traceback", "(raylet)",
-                  "maximum expected startup concurrency", "INFO"):
+                  "maximum expected startup concurrency", "INFO", "WARNING"):
         assert noise not in out.stdout + out.stderr, noise  # quiet by default
     # the main job's console, counted: its own lines, each of a kind it prints, nothing of Ray's
     lines = [line for line in (out.stdout + out.stderr).splitlines() if line.strip()]

@@ -44,6 +44,10 @@ def quiet_driver(verbose: bool) -> None:
     for name in ("ray.train", "ray.data"):
         logging.getLogger(name).setLevel(logging.ERROR)
     logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
+    # A local Ray started with RAY_AUTH_MODE unset turns token auth on (a token in
+    # ~/.ray/auth_token) and says so at every start: it protects the laptop's cluster and asks
+    # nothing of the person, so the note goes and the token stays; --verbose shows it
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     for category in (DeprecationWarning, FutureWarning, UserWarning):
         warnings.filterwarnings("ignore", category=category, module=r"ray(\.|$)")
     drop_startup_warnings()
