@@ -61,6 +61,7 @@ def test_an_export_is_registered_as_a_new_version_each_time(tracking_server, tmp
                               "tiny-winner", "--mlflow", tracking_server], capture_output=True, text=True, timeout=180)
         assert out.returncode == 0, out.stderr
         assert out.stdout.splitlines()[-1] == f"registered 'tiny-winner' version {n} at {tracking_server}"
+        assert "View run" not in out.stdout  # MLflow's own lines as a run ends
     c = client(tracking_server)
     versions = sorted(c.search_model_versions("name='tiny-winner'"), key=lambda v: int(v.version))
     assert [int(v.version) for v in versions] == [1, 2]
@@ -78,7 +79,7 @@ def test_an_export_is_registered_as_a_new_version_each_time(tracking_server, tmp
 @pytest.mark.ray
 @pytest.mark.slow
 def test_a_sweep_logs_each_trial_and_its_report_to_mlflow(ray_cluster, staged, s3, tracking_server, tmp_path,
-                                                         monkeypatch):
+                                                         monkeypatch, capfd):
     """Each trial one run (its config as params, every epoch's figures at step = epoch, its model,
     run folder, provenance and status as tags); the report, results.csv and each eval.json in
     the sweep's parent run. The tracking token stays in the driver: no runtime env holds it."""
@@ -99,6 +100,11 @@ def test_a_sweep_logs_each_trial_and_its_report_to_mlflow(ray_cluster, staged, s
 
     c = client(tracking_server)
     experiment = c.get_experiment_by_name("tracked")
+    # one line for the whole sweep, with the UI's page; none of MLflow's two per ended run
+    printed = capfd.readouterr().out
+    assert "View run" not in printed and "View experiment" not in printed, printed
+    assert printed.splitlines()[-1] == (f"mlflow: experiment 'tracked' at {tracking_server}/#/experiments/"
+                                        f"{experiment.experiment_id} (one run per trial, the report in the sweep's run)")
     runs = c.search_runs([experiment.experiment_id])
     trials = [r for r in runs if "tinyray.trial" in r.data.tags]
     parents = [r for r in runs if r.data.tags.get("tinyray.kind") == "sweep"]
@@ -129,7 +135,7 @@ def test_a_sweep_logs_each_trial_and_its_report_to_mlflow(ray_cluster, staged, s
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_a_train_run_is_one_mlflow_run_with_its_files(ray_cluster, staged, s3, tracking_server, tmp_path):
+def test_a_train_run_is_one_mlflow_run_with_its_files(ray_cluster, staged, s3, tracking_server, tmp_path, capfd):
     from tinyray.config import TrainConfig
     from tinyray.train import train_command
 
@@ -137,7 +143,18 @@ def test_a_train_run_is_one_mlflow_run_with_its_files(ray_cluster, staged, s3, t
     out = train_command(cfg, s3.options, mlflow=tracking_server)
     c = client(tracking_server)
     (run,) = c.search_runs([c.get_experiment_by_name("solo").experiment_id])
+    printed = capfd.readouterr().out
+    assert "View run" not in printed and printed.splitlines()[-1] == (
+        f"mlflow: the run at {tracking_server}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}")
     assert run.data.tags["tinyray.status"] == "completed" and run.data.params["name"] == "solo"
     steps = [(m.step, m.value) for m in c.get_metric_history(run.info.run_id, "train_loss")]
     assert steps == [(e["epoch"], e["train_loss"]) for e in out.result["epochs"]]
     assert {a.path for a in c.list_artifacts(run.info.run_id)} == {"result.json", "eval.json"}
+
+
+def test_the_ui_page_of_an_experiment_or_a_run_is_only_for_a_tracking_server():
+    from tinyray.tracking import ui_url
+
+    assert ui_url("http://mlflow:5000/", "7") == "http://mlflow:5000/#/experiments/7"
+    assert ui_url("https://m.example", "7", "ab12") == "https://m.example/#/experiments/7/runs/ab12"
+    assert ui_url("sqlite:///mlflow.db", "7", "ab12") == "sqlite:///mlflow.db"  # no UI to point at

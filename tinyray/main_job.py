@@ -60,8 +60,8 @@ def track_sweep(cfg: SweepConfig, opts: StorageOptions) -> None:
     for path in storage.list_files(runs, opts):
         if path.endswith("/eval.json") and path.count("/") == 1:  # <run name>/eval.json
             files[f"eval/{path.split('/')[0]}.json"] = storage.read_bytes(storage.join(runs, path), opts)
-    log_sweep_parent(cfg.mlflow, cfg.name, cfg.to_dict(), files)
-    print(f"mlflow: experiment {cfg.name!r} at {cfg.mlflow} (one run per trial, the report in the sweep's run)",
+    page = log_sweep_parent(cfg.mlflow, cfg.name, cfg.to_dict(), files)
+    print(f"mlflow: experiment {cfg.name!r} at {page} (one run per trial, the report in the sweep's run)",
           flush=True)
 
 

@@ -46,7 +46,20 @@ def check_tracking(uri: str) -> None:
 def _client(uri: str):
     from mlflow.tracking import MlflowClient
 
+    # MLflow writes two lines to stdout whenever a run ends ("View run … / View experiment …"): a
+    # 72-trial sweep would print 146 of them between its epoch lines. tinyray prints the
+    # experiment's page once instead (ui_url); a user's own setting wins.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def ui_url(uri: str, experiment: str, run_id: str | None = None) -> str:
+    """The MLflow UI's page of an experiment id (or of one of its runs) on an http(s) tracking
+    server; any other URI (a file store, a database) as it is, as it has no UI of its own."""
+    if not uri.startswith(("http://", "https://")):
+        return uri
+    page = f"{uri.rstrip('/')}/#/experiments/{experiment}"
+    return f"{page}/runs/{run_id}" if run_id else page
 
 
 def experiment_id(client, name: str) -> str:
@@ -96,7 +109,7 @@ def provenance_tags(provenance: dict | None) -> dict[str, str]:
 
 def log_train_run(uri: str, experiment: str, result: dict, run_folder: str, status: str, error: str = "",
                   artifacts: dict[str, bytes] | None = None) -> str:
-    """One finished (or failed) ``tinyray train`` run as one MLflow run; returns its id."""
+    """One finished (or failed) ``tinyray train`` run as one MLflow run; returns its page (ui_url)."""
     client = _client(uri)
     config = result.get("config", {})
     run = client.create_run(experiment_id(client, experiment), run_name=os.path.basename(run_folder.rstrip("/")),
@@ -109,7 +122,7 @@ def log_train_run(uri: str, experiment: str, result: dict, run_folder: str, stat
         log_epoch(client, rid, e)
     _log_blobs(client, rid, artifacts or {})
     client.set_terminated(rid, "FINISHED" if status == "completed" else "FAILED")
-    return rid
+    return ui_url(uri, run.info.experiment_id, rid)
 
 
 def _log_blobs(client, run_id: str, blobs: dict[str, bytes], artifact_path: str | None = None) -> None:
@@ -129,7 +142,8 @@ def _log_blobs(client, run_id: str, blobs: dict[str, bytes], artifact_path: str 
 
 def log_sweep_parent(uri: str, experiment: str, sweep: dict, artifacts: dict[str, bytes]) -> str:
     """The sweep's parent run (one per experiment: a resumed sweep's report replaces the first's):
-    the report's files as artifacts, and every trial's run its child."""
+    the report's files as artifacts, and every trial's run its child. Returns the experiment's
+    page (ui_url)."""
     client = _client(uri)
     exp = experiment_id(client, experiment)
     runs = client.search_runs([exp], max_results=10_000)
@@ -144,7 +158,7 @@ def log_sweep_parent(uri: str, experiment: str, sweep: dict, artifacts: dict[str
             client.set_tag(r.info.run_id, "mlflow.parentRunId", rid)
     _log_blobs(client, rid, artifacts)
     client.set_terminated(rid, "FINISHED")
-    return rid
+    return ui_url(uri, exp)
 
 
 def register_export(uri: str, name: str, export_folder_files: dict[str, bytes], card: dict) -> int:

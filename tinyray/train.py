@@ -300,9 +300,9 @@ def track_train(uri: str, cfg: TrainConfig, opts: StorageOptions, result: dict, 
             artifacts[name] = storage.read_bytes(storage.join(cfg.run_dir, name), opts)
         except FileNotFoundError:
             pass
-    run = log_train_run(uri, cfg.name or f"tinyray-train-{cfg.model}", result, cfg.run_dir,
-                        "failed" if error else "completed", error, artifacts)
-    print(f"mlflow: run {run} at {uri}", flush=True)
+    page = log_train_run(uri, cfg.name or f"tinyray-train-{cfg.model}", result, cfg.run_dir,
+                         "failed" if error else "completed", error, artifacts)
+    print(f"mlflow: the run at {page}", flush=True)
 
 
 def _train_command(cfg: TrainConfig, opts: StorageOptions, manifest: dict, address: str | None,
