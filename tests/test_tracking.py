@@ -104,7 +104,8 @@ def test_a_sweep_logs_each_trial_and_its_report_to_mlflow(ray_cluster, staged, s
     printed = capfd.readouterr().out
     assert "View run" not in printed and "View experiment" not in printed, printed
     assert printed.splitlines()[-1] == (f"mlflow: experiment 'tracked' at {tracking_server}/#/experiments/"
-                                        f"{experiment.experiment_id} (one run per trial, the report in the sweep's run)")
+                                        f"{experiment.experiment_id}?workflowType=machine_learning (one run per "
+                                        "trial, the report in the sweep's run)")
     runs = c.search_runs([experiment.experiment_id])
     trials = [r for r in runs if "tinyray.trial" in r.data.tags]
     parents = [r for r in runs if r.data.tags.get("tinyray.kind") == "sweep"]
@@ -125,6 +126,9 @@ def test_a_sweep_logs_each_trial_and_its_report_to_mlflow(ray_cluster, staged, s
         assert run.info.status == "FINISHED"
     names = {a.path for a in c.list_artifacts(parents[0].info.run_id)}
     assert {"report.md", "report.html", "results.csv", "results.json", "eval"} <= names
+    parent = parents[0].info  # it spans its trials, from the first one's start
+    assert parent.start_time == min(r.info.start_time for r in trials)
+    assert parent.end_time >= max(r.info.end_time for r in trials)
     evals = {a.path for a in c.list_artifacts(parents[0].info.run_id, "eval")}
     assert evals == {f"eval/{r['run']}.json" for r in results.values()}
     import ray
@@ -155,6 +159,6 @@ def test_a_train_run_is_one_mlflow_run_with_its_files(ray_cluster, staged, s3, t
 def test_the_ui_page_of_an_experiment_or_a_run_is_only_for_a_tracking_server():
     from tinyray.tracking import ui_url
 
-    assert ui_url("http://mlflow:5000/", "7") == "http://mlflow:5000/#/experiments/7"
+    assert ui_url("http://mlflow:5000/", "7") == "http://mlflow:5000/#/experiments/7?workflowType=machine_learning"
     assert ui_url("https://m.example", "7", "ab12") == "https://m.example/#/experiments/7/runs/ab12"
     assert ui_url("sqlite:///mlflow.db", "7", "ab12") == "sqlite:///mlflow.db"  # no UI to point at
