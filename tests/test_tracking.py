@@ -149,7 +149,8 @@ def test_a_train_run_is_one_mlflow_run_with_its_files(ray_cluster, staged, s3, t
     (run,) = c.search_runs([c.get_experiment_by_name("solo").experiment_id])
     printed = capfd.readouterr().out
     assert "View run" not in printed and printed.splitlines()[-1] == (
-        f"mlflow: the run at {tracking_server}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}")
+        f"mlflow: the run at {tracking_server}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
+        "?workflowType=machine_learning")
     assert run.data.tags["tinyray.status"] == "completed" and run.data.params["name"] == "solo"
     steps = [(m.step, m.value) for m in c.get_metric_history(run.info.run_id, "train_loss")]
     assert steps == [(e["epoch"], e["train_loss"]) for e in out.result["epochs"]]
@@ -160,5 +161,6 @@ def test_the_ui_page_of_an_experiment_or_a_run_is_only_for_a_tracking_server():
     from tinyray.tracking import ui_url
 
     assert ui_url("http://mlflow:5000/", "7") == "http://mlflow:5000/#/experiments/7?workflowType=machine_learning"
-    assert ui_url("https://m.example", "7", "ab12") == "https://m.example/#/experiments/7/runs/ab12"
+    assert ui_url("https://m.example", "7", "ab12") == ("https://m.example/#/experiments/7/runs/ab12"
+                                                        "?workflowType=machine_learning")
     assert ui_url("sqlite:///mlflow.db", "7", "ab12") == "sqlite:///mlflow.db"  # no UI to point at

@@ -59,11 +59,10 @@ def ui_url(uri: str, experiment: str, run_id: str | None = None) -> str:
     if not uri.startswith(("http://", "https://")):
         return uri
     page = f"{uri.rstrip('/')}/#/experiments/{experiment}"
-    if run_id:
-        return f"{page}/runs/{run_id}"
     # MLflow 3's UI (3.17 here) opens an experiment on its GenAI overview of traces, empty for
-    # tinyray's, unless the link asks for its model-training view: the runs table. Seen in a
-    # browser; a UI that knows no such parameter ignores it
+    # tinyray's, and a run among "Evaluations", unless the link asks for its model-training view
+    # (the runs table). Seen in a browser; a UI that knows no such parameter ignores it
+    page = f"{page}/runs/{run_id}" if run_id else page
     return f"{page}?workflowType=machine_learning"
 
 
