@@ -394,3 +394,49 @@ def test_an_export_is_written_whole_or_not_at_all_and_a_full_destination_needs_f
                                                                           storage.list_files(out, s3.options)]
     else:
         assert not [n for n in os.listdir(tmp_path) if ".tmp-" in n or ".old-" in n]
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+@pytest.mark.parametrize("suffix", [".parquet", ".csv"])
+def test_one_predictions_file_is_written_a_block_at_a_time_and_whole_or_not_at_all(tmp_path, s3, where, suffix):
+    """`predict … --out preds.parquet|.csv`: the blocks stream into the file (this process never
+    holds them all), the file has every row in order, and a run that fails half-way leaves no
+    file and no temporary one."""
+    import tempfile
+
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    from tinyray.data import storage
+    from tinyray.predict import prediction_schema, write_one_file
+
+    schema, n, blocks = prediction_schema(1), 20_000, 10
+    out = str(tmp_path / f"preds{suffix}") if where == "local" else f"s3://tinyray/one-file/{os.urandom(4).hex()}{suffix}"
+    held = []  # Arrow's allocated bytes as each block is made, over what was allocated before the first
+
+    def make(i, fail_at=None):
+        if i == fail_at:
+            raise RuntimeError("a predict actor died")
+        held.append(pa.total_allocated_bytes() - base)
+        return pa.table({"file": [f"s3://bucket/val/images/val_{i * n + j}.JPEG" for j in range(n)],
+                         "top1_wnid": ["n01443537"] * n, "top1_prob": np.full(n, 0.5), "error": [""] * n}, schema)
+
+    base = pa.total_allocated_bytes()
+    block_bytes = make(0).nbytes
+    held.clear()
+    assert write_one_file((make(i) for i in range(blocks)), schema, out, s3.options) == n * blocks
+    assert max(held) < 4 * block_bytes, (held, block_bytes)  # gathered, it would reach 10 blocks
+    data = storage.read_bytes(out, s3.options)
+    table = pq.read_table(io.BytesIO(data)) if suffix == ".parquet" else pacsv.read_csv(io.BytesIO(data))
+    assert table.num_rows == n * blocks and table.column("file")[n * blocks - 1].as_py().endswith(
+        f"val_{n * blocks - 1}.JPEG")
+
+    # a failure half-way: nothing at the destination, nothing left behind
+    again = out[: -len(suffix)] + "-again" + suffix
+    temps = lambda: sorted(glob.glob(os.path.join(tmp_path, ".predictions-*")) +  # noqa: E731
+                           glob.glob(os.path.join(tempfile.gettempdir(), ".predictions-*")))
+    before = temps()
+    with pytest.raises(RuntimeError, match="a predict actor died"):
+        write_one_file((make(i, fail_at=3) for i in range(blocks)), schema, again, s3.options)
+    assert not storage.exists(again, s3.options) and temps() == before

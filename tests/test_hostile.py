@@ -98,10 +98,10 @@ def test_predictions_csv_quotes_what_a_spreadsheet_would_run(tmp_path):
     import pyarrow as pa
 
     from tinyray.data.storage import StorageOptions
-    from tinyray.predict import write_table
+    from tinyray.predict import write_one_file
 
     out = tmp_path / "p.csv"
-    write_table(pa.table({"file": ["=cmd|' /C calc'!A0", "ok.JPEG"], "top1_prob": [0.5, 0.25]}), str(out),
-                StorageOptions())
+    table = pa.table({"file": ["=cmd|' /C calc'!A0", "ok.JPEG"], "top1_prob": [0.5, 0.25]})
+    write_one_file([table], table.schema, str(out), StorageOptions())
     rows = list(csv.DictReader(open(out)))
     assert [r["file"] for r in rows] == ["'=cmd|' /C calc'!A0", "ok.JPEG"] and rows[1]["top1_prob"] == "0.25"

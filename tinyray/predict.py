@@ -7,13 +7,12 @@
 MODEL is a folder (or s3:// prefix) that ``tinyray export`` wrote. A folder or an s3:// prefix
 runs batch inference with Ray Data: the images are read as files, and a pool of actors (one GPU
 each where the cluster has GPUs) decodes and predicts them; the predictions are written as
-Parquet or CSV: one file gathered here for small inputs, or, into a folder or prefix, by Ray
+Parquet or CSV: one file, written here a block at a time, or, into a folder or prefix, by Ray
 Data from the cluster, so a million images' predictions never pass through this process. An
 image that cannot be read is listed as skipped, never dropped silently.
 """
 from __future__ import annotations
 
-import io
 import json
 import os
 import sys
@@ -178,7 +177,7 @@ def actor_pool(cluster: dict) -> dict:
 def predict_batch(export: Export, sources: list[str], out: str, k: int = 5, opts: StorageOptions | None = None,
                   batch_size: int = 256, fmt: str = "parquet", force: bool = False) -> dict:
     """Batch inference with Ray Data over ``sources`` into ``out``, local or s3://: a .parquet or
-    .csv file (gathered here: for small inputs), or a folder / prefix that Ray Data writes as
+    .csv file (written here a block at a time: write_one_file), or a folder / prefix that Ray Data writes as
     ``fmt`` files straight from the cluster, so the predictions never pass through this process.
     Ray must be initialised. Returns counts and the skipped files."""
     import ray
@@ -208,10 +207,7 @@ def predict_batch(export: Export, sources: list[str], out: str, k: int = 5, opts
     images = sum(entry.metadata.num_rows for entry in blocks)
     predictions = ray.data.from_arrow_refs([entry.ref for entry in blocks]) if blocks else None
     if one_file:
-        import pyarrow as pa
-
-        write_table(pa.concat_tables([ray.get(entry.ref) for entry in blocks] or [prediction_schema(k).empty_table()]),
-                    out, opts)
+        write_one_file((ray.get(entry.ref) for entry in blocks), prediction_schema(k), out, opts)
     elif predictions is not None:
         write_prefix(predictions, out, fmt, opts, force)
     failed = (predictions.filter(expr="error != ''").select_columns(["file", "error"]).take_all()
@@ -232,17 +228,37 @@ def csv_safe(table):
     return pa.table(columns, names=table.column_names)
 
 
-def write_table(table, out: str, opts: StorageOptions) -> None:
-    """One file of predictions, .parquet or .csv, local or s3://."""
+def write_one_file(tables, schema, out: str, opts: StorageOptions) -> int:
+    """One file of predictions, .parquet or .csv, local or s3://, from ``tables`` (an iterable of
+    Arrow tables of ``schema``) written one at a time: this process holds one block, never the
+    whole set. The file is made under a temporary name beside its place (or in the temp folder,
+    for s3://, then uploaded from disk) and appears whole or not at all. Returns its rows."""
+    import tempfile
+
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
 
-    buf = io.BytesIO()
-    if out.endswith(".parquet"):
-        pq.write_table(table, buf)
-    else:
-        pacsv.write_csv(csv_safe(table), buf)
-    storage.write_bytes(out if storage.is_s3(out) else storage.local_path(out), buf.getvalue(), opts)
+    local = None if storage.is_s3(out) else storage.local_path(out)
+    folder = os.path.dirname(os.path.abspath(local)) if local else None
+    if folder:
+        os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".predictions-", suffix=os.path.splitext(out)[1])
+    os.close(fd)
+    parquet, rows = out.endswith(".parquet"), 0
+    try:
+        with (pq.ParquetWriter(tmp, schema) if parquet else pacsv.CSVWriter(tmp, schema)) as writer:
+            for table in tables:
+                table = table.select(schema.names).cast(schema)
+                writer.write_table(table if parquet else csv_safe(table))
+                rows += table.num_rows
+        if local:
+            os.replace(tmp, local)
+        else:
+            storage.upload_file(tmp, out, opts)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return rows
 
 
 def check_prefix(out: str, opts: StorageOptions, force: bool, nodes: int) -> None:

@@ -299,6 +299,17 @@ def write_bytes(uri: str, data: bytes, opts: StorageOptions) -> None:
         raise explain_s3_error(e, uri, opts) from None
 
 
+def upload_file(path: str, uri: str, opts: StorageOptions) -> None:
+    """A local file to s3://…, streamed from disk (boto3's multipart upload for a large one, so
+    the file is never whole in memory); the object appears only when the upload completes."""
+    bucket, key = split_s3(uri)
+    try:
+        s3_client(opts, bucket=bucket).upload_file(path, bucket, key)
+    except Exception as e:  # noqa: BLE001 - botocore's errors, and boto3's S3UploadFailedError around them
+        raise explain_s3_error(getattr(e, "__context__", None) if type(e).__name__ == "S3UploadFailedError"
+                               and e.__context__ is not None else e, uri, opts) from None
+
+
 def upload_dir(local: str, uri: str, opts: StorageOptions) -> None:
     """Copy a local folder's files under ``uri`` (a local folder or s3://), keeping their paths."""
     import shutil
