@@ -357,8 +357,8 @@ def _register_use(sub) -> None:
     p.add_argument("--top", type=int, default=5, help="classes per image (default %(default)s)")
     p.add_argument("--json", action="store_true", help="print a JSON list of {file, top: [{wnid, name, prob}]}")
     p.add_argument("--out", default="predictions.parquet",
-                   help="batch inference: a .parquet or .csv file, local or s3:// (gathered by this process: for small "
-                        "inputs), or a folder or s3:// prefix that Ray Data writes into from the cluster, --format "
+                   help="batch inference: a .parquet or .csv file, local or s3:// (written by this process a block at "
+                        "a time), or a folder or s3:// prefix that Ray Data writes into from the cluster, --format "
                         "files (default %(default)s)")
     p.add_argument("--format", choices=("parquet", "csv"), default="parquet",
                    help="the files' format when --out is a folder or prefix (default %(default)s)")
